@@ -1,0 +1,91 @@
+"""Schema: a job has images; each image has at most one result, enforced by the database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JobState:
+    RUNNING = "running"
+    DONE = "done"
+
+
+class ImageState:
+    PENDING = "pending"
+    DONE = "done"
+    ERROR = "error"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16), default=JobState.RUNNING)
+    # The resolved directories the job was submitted with; workers read nothing outside them.
+    roots: Mapped[list[Any]] = mapped_column(JSON)
+    model_path: Mapped[str] = mapped_column(Text)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    batch_size: Mapped[int] = mapped_column(Integer)
+    total_images: Mapped[int] = mapped_column(Integer, default=0)
+
+    images: Mapped[list[Image]] = relationship(back_populates="job", cascade="all, delete-orphan")
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("job_id", "path", name="uq_images_job_path"),
+        Index("ix_images_job_state", "job_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default=ImageState.PENDING)
+
+    job: Mapped[Job] = relationship(back_populates="images")
+    result: Mapped[Result | None] = relationship(back_populates="image", uselist=False)
+
+
+class Result(Base):
+    __tablename__ = "results"
+    __table_args__ = (
+        # One row per (job, image): a redelivered batch cannot write twice.
+        UniqueConstraint("job_id", "image_id", name="uq_results_job_image"),
+        Index("ix_results_job_label", "job_id", "label"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(8))  # "ok" or "error"
+    label: Mapped[str | None] = mapped_column(Text)
+    class_index: Mapped[int | None] = mapped_column(Integer)
+    score: Mapped[float | None] = mapped_column(Float)
+    # [[class_index, label, score], ...] best first, five entries.
+    top5: Mapped[list[Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    queue_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    decode_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    infer_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    persist_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    batch_size: Mapped[int] = mapped_column(Integer, default=1)
+    worker: Mapped[str] = mapped_column(String(255))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="result")

@@ -1,0 +1,195 @@
+"""Queries shared by producer, worker and CLI. Each takes a Session; the caller commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import Image, ImageState, Job, JobState, Result, utcnow
+from imgbatch.errors import UserError
+
+# SQLite allows 32766 bound parameters per statement; stay well under it for multi-row inserts.
+_INSERT_CHUNK = 2000
+
+
+def create_job(
+    session: Session, job_id: str, roots: Sequence[str], model_path: str, model_sha256: str, batch_size: int
+) -> Job:
+    job = Job(
+        id=job_id, roots=list(roots), model_path=model_path, model_sha256=model_sha256, batch_size=batch_size
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def add_images(session: Session, job_id: str, paths: Iterable[str]) -> int:
+    """Record the job's images (idempotent on (job, path)); returns how many the job now has."""
+    batch: list[dict[str, Any]] = []
+    for path in paths:
+        batch.append({"job_id": job_id, "path": path, "state": ImageState.PENDING})
+        if len(batch) >= _INSERT_CHUNK:
+            _insert_ignore(session, Image, batch, ["job_id", "path"])
+            batch = []
+    if batch:
+        _insert_ignore(session, Image, batch, ["job_id", "path"])
+    total = session.scalar(select(func.count()).select_from(Image).where(Image.job_id == job_id)) or 0
+    session.execute(update(Job).where(Job.id == job_id).values(total_images=total))
+    return total
+
+
+def iter_image_batches(
+    session: Session, job_id: str, batch_size: int, state: str = ImageState.PENDING
+) -> Iterator[list[tuple[int, str]]]:
+    """(id, path) pairs of the job's images in `state`, in id order, `batch_size` at a time."""
+    last_id = 0
+    while True:
+        rows = session.execute(
+            select(Image.id, Image.path)
+            .where(Image.job_id == job_id, Image.state == state, Image.id > last_id)
+            .order_by(Image.id)
+            .limit(batch_size)
+        ).all()
+        if not rows:
+            return
+        yield [(r.id, r.path) for r in rows]
+        last_id = rows[-1].id
+
+
+def get_job(session: Session, job_ref: str) -> Job:
+    """A job by id, unique id prefix, or ``latest``; UserError if there is none."""
+    if job_ref == "latest":
+        job = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(1)).first()
+        if job is None:
+            raise UserError("no jobs yet: submit one with `imgbatch run DIR` or `imgbatch submit DIR`")
+        return job
+    job = session.get(Job, job_ref)
+    if job is not None:
+        return job
+    matches = session.scalars(select(Job).where(Job.id.like(f"{job_ref}%")).limit(2)).all()
+    if len(matches) == 1:
+        return matches[0]
+    raise UserError(f"no job {job_ref!r}" if not matches else f"job id prefix {job_ref!r} is ambiguous")
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    total: int
+    pending: int
+    done: int
+    error: int
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.error
+
+
+def job_counts(session: Session, job_id: str) -> JobCounts:
+    rows = session.execute(
+        select(Image.state, func.count()).where(Image.job_id == job_id).group_by(Image.state)
+    ).all()
+    by_state = {state: n for state, n in rows}
+    return JobCounts(
+        total=sum(by_state.values()),
+        pending=by_state.get(ImageState.PENDING, 0),
+        done=by_state.get(ImageState.DONE, 0),
+        error=by_state.get(ImageState.ERROR, 0),
+    )
+
+
+def finish_job_if_complete(session: Session, job_id: str) -> bool:
+    """Mark the job done once no image is pending; returns whether it is done."""
+    counts = job_counts(session, job_id)
+    if counts.pending:
+        return False
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state != JobState.DONE)
+        .values(state=JobState.DONE, finished_at=utcnow())
+    )
+    return True
+
+
+def job_roots(session: Session, job_id: str) -> list[str] | None:
+    roots = session.scalar(select(Job.roots).where(Job.id == job_id))
+    return list(roots) if roots is not None else None
+
+
+def save_results(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert a batch of results and move their images out of pending.
+
+    Idempotent: a result that already exists for (job, image) is left as it was, so a batch
+    redelivered after a worker died writes nothing twice.
+    """
+    if not rows:
+        return
+    _insert_ignore(session, Result, rows, ["job_id", "image_id"])
+    for state in (ImageState.DONE, ImageState.ERROR):
+        ids = [r["image_id"] for r in rows if (r["status"] == "ok") == (state == ImageState.DONE)]
+        if ids:
+            session.execute(
+                update(Image).where(Image.id.in_(ids), Image.state == ImageState.PENDING).values(state=state)
+            )
+
+
+def set_persist_ms(session: Session, job_id: str, image_ids: list[int], per_image_ms: float) -> None:
+    """Record the persist stage's time on rows this batch wrote (not on rows an earlier delivery wrote)."""
+    session.execute(
+        update(Result)
+        .where(Result.job_id == job_id, Result.image_id.in_(image_ids), Result.persist_ms == 0.0)
+        .values(persist_ms=per_image_ms)
+    )
+
+
+def _insert_ignore(session: Session, model: type[Any], rows: list[dict[str, Any]], keys: list[str]) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        pg_stmt = postgresql.insert(model).on_conflict_do_nothing(index_elements=keys)
+        session.execute(pg_stmt, rows)
+    elif dialect == "sqlite":
+        lite_stmt = sqlite.insert(model).on_conflict_do_nothing(index_elements=keys)
+        session.execute(lite_stmt, rows)
+    else:
+        raise UserError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
+
+
+def iter_results(session: Session, job_id: str, chunk: int = 1000) -> Iterator[Row[Any]]:
+    """The job's images with their results (or none yet), in image order, streamed in chunks."""
+    last_id = 0
+    while True:
+        rows = session.execute(
+            select(Image.id, Image.path, Image.state, Result)
+            .outerjoin(Result, Result.image_id == Image.id)
+            .where(Image.job_id == job_id, Image.id > last_id)
+            .order_by(Image.id)
+            .limit(chunk)
+        ).all()
+        if not rows:
+            return
+        yield from rows  # type: ignore[misc]
+        last_id = rows[-1].id
+
+
+def top_labels(session: Session, job_id: str, limit: int = 5) -> list[tuple[str, int]]:
+    rows = session.execute(
+        select(Result.label, func.count().label("n"))
+        .where(Result.job_id == job_id, Result.status == "ok")
+        .group_by(Result.label)
+        .order_by(func.count().desc(), Result.label)
+        .limit(limit)
+    ).all()
+    return [(str(label), int(n)) for label, n in rows]
+
+
+def job_throughput(session: Session, job_id: str) -> tuple[datetime | None, datetime | None]:
+    """First and last result time of a job: the span over which images/s is measured."""
+    first, last = session.execute(
+        select(func.min(Result.created_at), func.max(Result.created_at)).where(Result.job_id == job_id)
+    ).one()
+    return first, last

@@ -1,0 +1,107 @@
+"""The contract between export and workers: what an imgbatch ONNX file carries in ``metadata_props``.
+
+Export writes these keys (with the ``onnx`` package); workers read them through onnxruntime alone,
+so a worker needs nothing but the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgbatch.errors import ModelFileError
+from imgbatch.preprocess import PreprocessSpec
+
+FORMAT_VERSION = "1"
+# Keys in ONNX metadata_props. Values are strings; structured ones are JSON.
+KEY_FORMAT = "imgbatch.format_version"
+KEY_LABELS = "imgbatch.labels"  # JSON list of class names, index = class index
+KEY_PREPROCESS = "imgbatch.preprocess"  # JSON PreprocessSpec
+KEY_INPUT_SIZE = "imgbatch.input_size"  # JSON [channels, height, width]
+KEY_OUTPUT = "imgbatch.output"  # "logits" or "probabilities"
+KEY_GRAPH_SHA256 = "imgbatch.graph_sha256"  # sha256 of the serialized graph, metadata excluded
+KEY_ARCH = "imgbatch.arch"
+KEY_QUANTIZATION = "imgbatch.quantization"  # JSON quantization config, or "none"
+REQUIRED_KEYS = (KEY_FORMAT, KEY_LABELS, KEY_PREPROCESS, KEY_INPUT_SIZE, KEY_OUTPUT, KEY_GRAPH_SHA256)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    labels: list[str]
+    preprocess: PreprocessSpec
+    input_size: tuple[int, int, int]
+    output: str
+    graph_sha256: str
+    arch: str = "unknown"
+    quantization: str = "none"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, path: Path, meta: dict[str, str]) -> ModelInfo:
+        missing = [key for key in REQUIRED_KEYS if key not in meta]
+        if missing:
+            raise ModelFileError(
+                f"{path} is not an imgbatch model: metadata_props lacks {', '.join(missing)} "
+                "(build one with `imgbatch export`)"
+            )
+        if meta[KEY_FORMAT] != FORMAT_VERSION:
+            raise ModelFileError(
+                f"{path}: model format {meta[KEY_FORMAT]!r}, this imgbatch reads {FORMAT_VERSION!r}"
+            )
+        try:
+            labels = json.loads(meta[KEY_LABELS])
+            spec = PreprocessSpec.from_json(meta[KEY_PREPROCESS])
+            c, h, w = (int(v) for v in json.loads(meta[KEY_INPUT_SIZE]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelFileError(f"{path}: malformed imgbatch metadata: {exc}") from exc
+        if meta[KEY_OUTPUT] not in ("logits", "probabilities"):
+            raise ModelFileError(f"{path}: {KEY_OUTPUT} must be logits or probabilities")
+        if (h, w) != (spec.crop, spec.crop):
+            raise ModelFileError(f"{path}: input size {h}x{w} disagrees with preprocessing crop {spec.crop}")
+        return cls(
+            path=path,
+            labels=[str(label) for label in labels],
+            preprocess=spec,
+            input_size=(c, h, w),
+            output=meta[KEY_OUTPUT],
+            graph_sha256=meta[KEY_GRAPH_SHA256],
+            arch=meta.get(KEY_ARCH, "unknown"),
+            quantization=meta.get(KEY_QUANTIZATION, "none"),
+            extra={k: v for k, v in meta.items() if k not in REQUIRED_KEYS},
+        )
+
+
+def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]:
+    """Load an ONNX model with onnxruntime and read its contract. Errors are ModelFileError."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"model file not found: {path} (build it with `imgbatch export`, or set IMGBATCH_MODEL)"
+        )
+    options = ort.SessionOptions()
+    # Set explicitly: ORT's default takes every core per session, and N worker processes would
+    # then oversubscribe the CPU (onnxruntime#23747).
+    options.intra_op_num_threads = max(1, intra_op_threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for malformed files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"cannot load model {path}: {first_line}") from exc
+    info = ModelInfo.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise ModelFileError(f"{path}: expected one NCHW image input, got {[i.shape for i in inputs]}")
+    return session, info
+
+
+def read_model_info(path: Path) -> ModelInfo:
+    """The contract of a model file, for producers that only need its hash and labels."""
+    return open_session(path)[1]

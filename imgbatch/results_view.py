@@ -1,0 +1,66 @@
+"""Render a job's results as a table, CSV or JSON, streaming rows so big jobs use constant memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from sqlalchemy.orm import Session
+
+from db.models import ImageState
+from db.queries import iter_results
+
+FIELDS = [
+    "path",
+    "status",
+    "label",
+    "class_index",
+    "score",
+    "error",
+    "queue_ms",
+    "decode_ms",
+    "infer_ms",
+    "persist_ms",
+    "worker",
+    "top5",
+]
+
+
+def result_dicts(session: Session, job_id: str) -> Iterator[dict[str, Any]]:
+    for row in iter_results(session, job_id):
+        result = row.Result
+        if result is None:
+            yield {"path": row.path, "status": ImageState.PENDING, **{f: None for f in FIELDS[2:]}}
+            continue
+        yield {
+            "path": row.path,
+            "status": result.status,
+            "label": result.label,
+            "class_index": result.class_index,
+            "score": None if result.score is None else round(result.score, 5),
+            "error": result.error,
+            "queue_ms": round(result.queue_ms, 3),
+            "decode_ms": round(result.decode_ms, 3),
+            "infer_ms": round(result.infer_ms, 3),
+            "persist_ms": round(result.persist_ms, 3),
+            "worker": result.worker,
+            "top5": result.top5,
+        }
+
+
+def write_csv(rows: Iterator[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    writer = csv.DictWriter(out, fieldnames=FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "top5": json.dumps(row["top5"]) if row["top5"] is not None else ""})
+
+
+def write_json(rows: Iterator[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    # A JSON array written element by element: valid JSON without holding the job in memory.
+    out.write("[")
+    for i, row in enumerate(rows):
+        out.write(("," if i else "") + "\n  " + json.dumps(row))
+    out.write("\n]\n")

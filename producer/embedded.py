@@ -1,0 +1,107 @@
+"""`imgbatch run`: a private Redis (unless configured), local worker processes, submit, wait, tear down."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from db.engine import ensure_schema, make_engine
+from imgbatch.errors import UserError
+from imgbatch.modelfile import read_model_info
+from imgbatch.settings import Settings
+from producer.local_redis import local_redis
+from producer.submit import Submitted, submit, wait
+from worker.app import check_redis
+
+WORKER_STOP_TIMEOUT_S = 30
+
+
+@contextlib.contextmanager
+def worker_processes(
+    concurrency: int, env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`imgbatch worker --concurrency N` as a child; stopped with a warm shutdown, then killed."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imgbatch", "worker", "--concurrency", str(concurrency)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C is ours to handle; the workers get an orderly SIGTERM
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=WORKER_STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    submitted: Submitted
+    seconds: float
+
+
+def run(
+    settings: Settings,
+    directories: list[str | Path],
+    workers: int,
+    model_path: Path,
+    batch_size: int,
+    on_submitted: Callable[[Submitted], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> RunOutcome:
+    read_model_info(model_path)  # a bad model stops us before anything starts
+    engine = make_engine(settings.db_url)
+    ensure_schema(engine)
+    log_path = settings.data_dir / "logs" / "workers.log"
+    with contextlib.ExitStack() as stack:
+        broker_url = settings.redis_url or stack.enter_context(local_redis())
+        check_redis(broker_url)
+        env = dict(os.environ)
+        env.update(
+            {
+                "IMGBATCH_REDIS_URL": broker_url,
+                "IMGBATCH_DATABASE_URL": settings.db_url,
+                "IMGBATCH_MODEL": str(model_path),
+                "IMGBATCH_DATA_DIR": str(settings.data_dir),
+            }
+        )
+        proc = stack.enter_context(worker_processes(workers, env, log_path))
+        start = time.monotonic()
+        submitted = submit(directories, model_path, batch_size, engine, broker_url)
+        if on_submitted:
+            on_submitted(submitted)
+
+        def progress(finished: int, total: int) -> None:
+            if proc.poll() is not None:
+                raise UserError(
+                    f"workers exited with code {proc.returncode}: {_last_line(log_path)} "
+                    f"(log: {log_path}); resume with `imgbatch run` on the same directory"
+                )
+            if on_progress:
+                on_progress(finished, total)
+
+        wait(engine, submitted.job_id, progress)
+        return RunOutcome(submitted, time.monotonic() - start)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "no output"

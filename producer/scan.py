@@ -1,0 +1,48 @@
+"""Walk the submitted directories for image files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from imgbatch.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+
+def resolve_roots(directories: Sequence[str | Path]) -> list[Path]:
+    """The directories as resolved absolute paths; UserError names the first that is not a directory."""
+    if not directories:
+        raise UserError("give at least one directory of images")
+    roots: list[Path] = []
+    for directory in directories:
+        path = Path(directory).expanduser()
+        if not path.exists():
+            raise UserError(f"no such directory: {directory}")
+        if not path.is_dir():
+            raise UserError(f"not a directory: {directory}")
+        real = path.resolve()
+        if real not in roots:
+            roots.append(real)
+    return roots
+
+
+def scan(roots: Sequence[Path]) -> Iterator[str]:
+    """Image files under the roots, recursively, extensions matched case-insensitively, in sorted order.
+
+    Symlinked directories are not followed, so a walk cannot loop or leave its root; files are
+    yielded under their root's path (workers re-check after resolving symlinks).
+    """
+    seen: set[str] = set()
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                    path = os.path.join(dirpath, name)
+                    if path not in seen:
+                        seen.add(path)
+                        yield path

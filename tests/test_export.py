@@ -1,0 +1,127 @@
+"""Export pipeline: strict weights, FP32 parity, INT8 contract and accuracy, atomic output."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime.quantization")
+
+from export import build as build_mod  # noqa: E402
+from export.build import BuildReport, build_model, quant_json_path  # noqa: E402
+from export.efficientnet_lite import checkpoint_path, file_sha256, load_pretrained  # noqa: E402
+from export.metadata import KEY_SOURCE_SHA256, graph_sha256  # noqa: E402
+from export.onnx_export import ParityError, check_parity  # noqa: E402
+from export.quantize import QuantConfig, QuantConfigError, get_preset  # noqa: E402
+from imgbatch.errors import UserError  # noqa: E402
+from imgbatch.modelfile import open_session  # noqa: E402
+from imgbatch.preprocess import PreprocessSpec, load_tensor  # noqa: E402
+from imgbatch.samples import EXPECTED_CLASSES, write_photos  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuildReport, Path]:
+    out_dir = tmp_path_factory.mktemp("model")
+    fp32 = out_dir / "fp32.onnx"
+    # 32 calibration photos keep the build ~10 s; the default of 100 is for real use.
+    report = build_model(out_dir / "efficientnet_lite0.int8.onnx", calib_count=32, seed=0, fp32_output=fp32)
+    return report, fp32
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    paths = write_photos(tmp_path_factory.mktemp("photos"))
+    return {p.stem: p for p in paths}
+
+
+def test_state_dict_loads_strictly() -> None:
+    model = load_pretrained()  # load_state_dict(strict=True) inside
+    checkpoint = torch.load(checkpoint_path(), map_location="cpu", weights_only=True)
+    assert list(model.state_dict()) == list(checkpoint)
+
+
+def test_fp32_onnx_matches_torch(built: tuple[BuildReport, Path], photos: dict[str, Path]) -> None:
+    report, fp32 = built
+    assert report.parity.ok and report.parity.max_abs_diff <= 1e-3
+    model = load_pretrained()
+    again = check_parity(model, fp32, list(photos.values()))
+    assert again.max_abs_diff <= 1e-3 and again.top1_agree == len(photos)
+    # The check must actually be able to fail: a perturbed torch model is caught.
+    with torch.no_grad():
+        model._fc.bias.add_(0.1)
+    with pytest.raises(ParityError, match="does not match PyTorch"):
+        check_parity(model, fp32, list(photos.values()))
+
+
+def test_int8_model_contract(built: tuple[BuildReport, Path]) -> None:
+    report, _ = built
+    session, info = open_session(report.path)
+    assert len(info.labels) == 1000 and info.labels[281] == "tabby cat"
+    assert re.fullmatch(r"[0-9a-f]{64}", info.graph_sha256)
+    assert graph_sha256(onnx.load(str(report.path))) == info.graph_sha256
+    assert info.input_size == (3, 224, 224) and info.output == "logits"
+    assert info.preprocess == PreprocessSpec()
+    quant = QuantConfig.from_json(info.quantization)
+    assert quant == get_preset().replace(calib_count=32)
+    assert json.loads(quant_json_path(report.path).read_text()) == json.loads(info.quantization)
+    assert info.extra[KEY_SOURCE_SHA256] == file_sha256(checkpoint_path())
+    assert session.get_inputs()[0].name == "input" and session.get_outputs()[0].name == "logits"
+    assert report.int8_bytes < report.fp32_bytes / 3
+
+
+def test_int8_classifies_photos(built: tuple[BuildReport, Path], photos: dict[str, Path]) -> None:
+    session, info = open_session(built[0].path)
+    names = sorted(EXPECTED_CLASSES)
+    # Batch of 2 also exercises the dynamic batch axis.
+    x = np.stack([load_tensor(photos[name], info.preprocess) for name in names])
+    logits = session.run(None, {"input": x})[0]
+    for name, row in zip(names, logits, strict=True):
+        assert int(row.argmax()) in EXPECTED_CLASSES[name], (name, info.labels[int(row.argmax())])
+
+
+def test_quant_config_validation_names_field() -> None:
+    with pytest.raises(QuantConfigError, match="weight_type"):
+        QuantConfig(name="x", weight_type="int8")
+    with pytest.raises(QuantConfigError, match="calib_count"):
+        get_preset().replace(calib_count=0)
+    with pytest.raises(UserError, match="unknown quantization preset"):
+        get_preset("nope")
+    preset = get_preset("static-int8-per-channel")
+    assert QuantConfig.from_json(preset.to_json()) == preset
+
+
+def test_bad_calibration_count_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    with pytest.raises(UserError, match="calib_count"):
+        build_model(out, calib_count=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    # A regular file as parent directory fails for root too, unlike chmod-based checks.
+    with pytest.raises(UserError, match="cannot create output directory"):
+        build_model(blocker / "m.onnx", calib_count=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_failed_build_keeps_previous_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"previous model")
+
+    def crash(model: object, path: Path, **kwargs: object) -> Path:
+        path.write_bytes(b"half a model")
+        raise RuntimeError("simulated crash during export")
+
+    monkeypatch.setattr(build_mod, "export_fp32", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        build_model(out, calib_count=1)
+    assert out.read_bytes() == b"previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -1,0 +1,55 @@
+"""The one Celery app definition. Producer and worker both import `app` from here.
+
+Reliable delivery is configuration: a batch message is acknowledged only after its results are
+committed, and redelivered if the worker process dies; persistence is idempotent, so a redelivered
+batch writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import redis
+from celery import Celery
+
+from imgbatch.errors import UserError
+from imgbatch.settings import Settings, get_settings, redact_url
+
+TASK_CLASSIFY = "imgbatch.classify_batch"
+# Longer than any batch can take: Redis redelivers an unacknowledged message after this long.
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def configure(app: Celery, settings: Settings, broker_url: str | None = None) -> None:
+    app.conf.update(
+        broker_url=broker_url or settings.redis_url or "redis://127.0.0.1:6379/0",
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        # JSON only: a pickled message is refused, never executed.
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        # The database is the result store.
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # A failed batch leaves its images pending in the DB; the resume sweep re-enqueues them.
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.queue_name,
+        task_routes={TASK_CLASSIFY: {"queue": settings.queue_name}},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_pool_limit=4,
+    )
+
+
+def check_redis(url: str) -> None:
+    """Fail fast with one line if the broker is unreachable, before anything is recorded."""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except (redis.exceptions.RedisError, OSError, ValueError) as exc:
+        raise UserError(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc
+
+
+app = Celery("imgbatch", include=["worker.tasks"])
+configure(app, get_settings())

@@ -1,0 +1,139 @@
+"""One batch message end to end: check paths, classify, persist in one transaction."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from db.models import Job
+from db.queries import finish_job_if_complete, save_results, set_persist_ms
+from worker.classify import Classifier, Prediction
+from worker.runtime import WorkerRuntime, ort_threads
+
+log = logging.getLogger(__name__)
+
+# Database blips: retry the batch's transaction with backoff before giving the message back.
+PERSIST_ATTEMPTS = 8
+PERSIST_BACKOFF_S = 0.5
+
+
+def process_batch(rt: WorkerRuntime, job_id: str, items: list[list[Any]], enqueued_at: float) -> int:
+    """Classify `items` ([[image_id, path], ...]) of `job_id`; returns how many rows were written."""
+    started = time.time()
+    queue_ms = max(0.0, (started - enqueued_at) * 1000.0)
+    job = _job(rt, job_id)
+    if job is None:
+        log.warning("batch for unknown job %s dropped", job_id)
+        return 0
+    roots, model_path, model_sha = job
+    paths = [str(path) for _, path in items]
+    reasons = {p: "outside the job's directories" for p in paths if not _inside(p, roots)}
+    classifier = _classifier_for(rt, model_path, model_sha)
+    if isinstance(classifier, str):
+        preds = [Prediction(p, 0.0, error=classifier) for p in paths]
+    else:
+        preds = classifier.classify(paths, reasons)
+    rows = [
+        _row(job_id, int(image_id), pred, queue_ms, len(items), rt.name, model_sha)
+        for (image_id, _), pred in zip(items, preds, strict=True)
+    ]
+    _persist(rt, job_id, rows)
+    return len(rows)
+
+
+def _job(rt: WorkerRuntime, job_id: str) -> tuple[list[str], str, str] | None:
+    if job_id not in rt.jobs:
+        with rt.sessions() as session:
+            row = session.execute(
+                select(Job.roots, Job.model_path, Job.model_sha256).where(Job.id == job_id)
+            ).one_or_none()
+        if row is None:
+            return None
+        rt.jobs[job_id] = ([str(Path(r).resolve()) for r in row.roots], row.model_path, row.model_sha256)
+    return rt.jobs[job_id]
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    # Resolve first, so `..` and symlinks cannot lead a job outside its directories.
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError):
+        return False
+    return any(real.is_relative_to(root) for root in roots)
+
+
+def _classifier_for(rt: WorkerRuntime, model_path: str, model_sha: str) -> Classifier | str:
+    """The session for the job's model: the preloaded one if hashes match, else load the job's file."""
+    current = rt.classifier
+    if current is not None and current.info.graph_sha256 == model_sha:
+        return current
+    try:
+        candidate = Classifier.load(Path(model_path), ort_threads(rt.settings), rt.settings.max_pixels)
+    except Exception as exc:
+        return rt.classifier_error or f"model unavailable on worker: {exc}"
+    if candidate.info.graph_sha256 != model_sha:
+        found = candidate.info.graph_sha256[:12]
+        return f"model on worker at {model_path} has hash {found}, the job wants {model_sha[:12]}"
+    # One session per process: replace, don't accumulate (memory per worker stays bounded).
+    rt.classifier = candidate
+    return candidate
+
+
+def _row(
+    job_id: str,
+    image_id: int,
+    pred: Prediction,
+    queue_ms: float,
+    batch_size: int,
+    worker: str,
+    model_sha: str,
+) -> dict[str, Any]:
+    top = pred.top[0] if pred.top else None
+    return {
+        "job_id": job_id,
+        "image_id": image_id,
+        "status": "ok" if pred.top else "error",
+        "label": top[1] if top else None,
+        "class_index": top[0] if top else None,
+        "score": top[2] if top else None,
+        "top5": [list(t) for t in pred.top] if pred.top else None,
+        "error": pred.error,
+        "queue_ms": queue_ms,
+        "decode_ms": pred.decode_ms,
+        "infer_ms": pred.infer_ms,
+        "persist_ms": 0.0,
+        "batch_size": batch_size,
+        "worker": worker,
+        "model_sha256": model_sha,
+    }
+
+
+def _persist(rt: WorkerRuntime, job_id: str, rows: list[dict[str, Any]]) -> None:
+    """Write the batch in one transaction; retry through database outages before failing."""
+    delay = PERSIST_BACKOFF_S
+    for attempt in range(1, PERSIST_ATTEMPTS + 1):
+        start = time.perf_counter()
+        try:
+            with rt.sessions.begin() as session:
+                save_results(session, rows)
+                # The time of the batch's statements before the commit, shared per image.
+                per_image_ms = (time.perf_counter() - start) * 1000.0 / len(rows)
+                set_persist_ms(session, job_id, [r["image_id"] for r in rows], per_image_ms)
+                finish_job_if_complete(session, job_id)
+            return
+        except OperationalError as exc:
+            if attempt == PERSIST_ATTEMPTS:
+                raise
+            log.warning(
+                "database unavailable (attempt %d/%d): %s",
+                attempt,
+                PERSIST_ATTEMPTS,
+                str(exc.orig).splitlines()[0] if exc.orig else exc,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
