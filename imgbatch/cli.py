@@ -202,35 +202,6 @@ def samples(
     console.print(f"wrote {len(paths)} photos to {directory}")
 
 
-@app.command()
-def export(
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", "-o", help="Where to write the INT8 model (default: IMGBATCH_MODEL or the data dir)."
-        ),
-    ] = None,
-    calib_count: Annotated[int, typer.Option(min=1, help="Calibration photos.")] = 100,
-    if_missing: Annotated[
-        bool, typer.Option("--if-missing", help="Do nothing if the output exists.")
-    ] = False,
-) -> None:
-    """Build the EfficientNet-Lite0 static INT8 ONNX model from the pretrained checkpoint."""
-    settings = get_settings()
-    target = output or settings.model_path
-    if if_missing and target.is_file():
-        console.print(f"model already built: {target}")
-        return
-    try:
-        from export.build import build_default_model
-    except ImportError as exc:
-        raise UserError(
-            f"export needs the export extra (torch, onnx): pip install 'imgbatch[export]' ({exc})"
-        ) from exc
-    build_default_model(target, calib_count=calib_count)
-    console.print(f"model written: {target}")
-
-
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -289,6 +260,13 @@ def _print_rows(rows, root: str | None = None) -> None:  # type: ignore[no-untyp
             "" if row["infer_ms"] is None else f"{row['infer_ms']:.1f}",
         )
     console.print(table)
+
+
+# Commands whose code lives with their stage. Their modules import torch, matplotlib etc. only
+# inside the command function, so `imgbatch --help` and the workers stay light.
+from export.cli import export_command  # noqa: E402
+
+app.command("export")(export_command)
 
 
 def main() -> None:
