@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +34,8 @@ def add_images(session: Session, job_id: str, paths: Iterable[str]) -> int:
     """Record the job's images (idempotent on (job, path)); returns how many the job now has."""
     batch: list[dict[str, Any]] = []
     for path in paths:
-        batch.append({"job_id": job_id, "path": path, "state": ImageState.PENDING})
+        display, raw = printable_path(path)
+        batch.append({"job_id": job_id, "path": display, "raw_path": raw, "state": ImageState.PENDING})
         if len(batch) >= _INSERT_CHUNK:
             _insert_ignore(session, Image, batch, ["job_id", "path"])
             batch = []
@@ -44,22 +46,37 @@ def add_images(session: Session, job_id: str, paths: Iterable[str]) -> int:
     return total
 
 
+def printable_path(path: str) -> tuple[str, bytes | None]:
+    """(text for the database, exact bytes or None): os.walk gives undecodable names as surrogates."""
+    try:
+        path.encode("utf-8")
+        return path, None
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
+def next_image_batch(
+    session: Session, job_id: str, after_id: int, batch_size: int, state: str = ImageState.PENDING
+) -> list[tuple[int, str]]:
+    """Up to `batch_size` (id, openable path) pairs of the job's images in `state` with id > `after_id`."""
+    rows = session.execute(
+        select(Image.id, Image.path, Image.raw_path)
+        .where(Image.job_id == job_id, Image.state == state, Image.id > after_id)
+        .order_by(Image.id)
+        .limit(batch_size)
+    ).all()
+    return [(r.id, os.fsdecode(r.raw_path) if r.raw_path is not None else r.path) for r in rows]
+
+
 def iter_image_batches(
     session: Session, job_id: str, batch_size: int, state: str = ImageState.PENDING
 ) -> Iterator[list[tuple[int, str]]]:
-    """(id, path) pairs of the job's images in `state`, in id order, `batch_size` at a time."""
+    """(id, openable path) pairs of the job's images in `state`, in id order, `batch_size` at a time."""
     last_id = 0
-    while True:
-        rows = session.execute(
-            select(Image.id, Image.path)
-            .where(Image.job_id == job_id, Image.state == state, Image.id > last_id)
-            .order_by(Image.id)
-            .limit(batch_size)
-        ).all()
-        if not rows:
-            return
-        yield [(r.id, r.path) for r in rows]
-        last_id = rows[-1].id
+    while batch := next_image_batch(session, job_id, last_id, batch_size, state):
+        yield batch
+        last_id = batch[-1][0]
 
 
 def get_job(session: Session, job_ref: str) -> Job:
@@ -114,6 +131,24 @@ def finish_job_if_complete(session: Session, job_id: str) -> bool:
         .values(state=JobState.DONE, finished_at=utcnow())
     )
     return True
+
+
+def job_image_paths(session: Session, job_id: str, image_ids: list[int]) -> dict[int, str]:
+    """Openable paths of those of `image_ids` that belong to the job."""
+    rows = session.execute(
+        select(Image.id, Image.path, Image.raw_path).where(Image.job_id == job_id, Image.id.in_(image_ids))
+    ).all()
+    return {r.id: os.fsdecode(r.raw_path) if r.raw_path is not None else r.path for r in rows}
+
+
+def find_unfinished_job(session: Session, roots: Sequence[str], model_sha256: str) -> Job | None:
+    """The newest running job over exactly these directories with this model, to resume after a crash."""
+    candidates = session.scalars(
+        select(Job)
+        .where(Job.state == JobState.RUNNING, Job.model_sha256 == model_sha256)
+        .order_by(Job.created_at.desc())
+    )
+    return next((job for job in candidates if sorted(job.roots) == sorted(roots)), None)
 
 
 def job_roots(session: Session, job_id: str) -> list[str] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,7 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from imgbatch.errors import UserError
-from imgbatch.settings import get_settings
+from imgbatch.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
 
 app = typer.Typer(
     help="Batch image classification with a quantized ONNX model on Celery workers; results in SQL.",
@@ -42,6 +46,11 @@ BatchOpt = Annotated[
 ]
 
 
+NewOpt = Annotated[
+    bool, typer.Option("--new", help="Start a new job even if an unfinished one covers the same directories.")
+]
+
+
 @app.command()
 def run(
     directories: Annotated[
@@ -53,6 +62,7 @@ def run(
     ] = None,
     model: ModelOpt = None,
     batch_size: BatchOpt = None,
+    new: NewOpt = False,
 ) -> None:
     """Classify directories end to end: private Redis (unless IMGBATCH_REDIS_URL), local workers, SQLite."""
     from producer.embedded import run as run_embedded
@@ -73,6 +83,10 @@ def run(
     task = progress.add_task("classifying", total=None)
 
     def submitted(s: Submitted) -> None:
+        if s.resumed:
+            console.print(
+                f"Resuming unfinished job {s.job_id} over the same directories (--new to start over)"
+            )
         progress.update(task, total=s.images, description=f"job {s.job_id[:8]}")
         progress.start()
 
@@ -83,6 +97,7 @@ def run(
             workers or usable_cpus(),
             model or settings.model_path,
             batch_size or settings.batch_size,
+            new=new,
             on_submitted=submitted,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
@@ -99,43 +114,82 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait with a progress bar until the job is finished.")
     ] = False,
+    new: NewOpt = False,
 ) -> None:
-    """Record a job and enqueue its images to IMGBATCH_REDIS_URL for running workers.
+    """Record a job and feed its images to IMGBATCH_REDIS_URL for running workers.
 
+    Keeps a bounded number of batches in Redis, so it returns once every batch is queued (or, with
+    --wait, once every image is done). Re-running it after a crash continues the unfinished job.
     Prints the job id as the last line of stdout.
     """
-    import time
-
-    from db.engine import make_engine
-    from producer.submit import submit as submit_job
-    from producer.submit import wait as wait_job
+    from producer.submit import record_job
 
     settings = get_settings()
-    if settings.redis_url is None:
-        raise UserError(
-            "IMGBATCH_REDIS_URL is not set: `submit` feeds running workers "
-            "(use `imgbatch run` for the embedded mode)"
-        )
-    engine = make_engine(settings.db_url)
-    start = time.monotonic()
-    submitted = submit_job(
+    broker_url = _require_redis(settings, "submit")
+    engine = _engine()
+    submitted = record_job(
         list(directories),
         model or settings.model_path,
         batch_size or settings.batch_size,
         engine,
-        settings.redis_url,
+        broker_url,
+        new=new,
     )
-    err_console.print(f"submitted {submitted.images} images in {submitted.batches} batches")
-    if wait:
-        with _progress() as progress:
-            task = progress.add_task(f"job {submitted.job_id[:8]}", total=submitted.images)
-            wait_job(
-                engine,
-                submitted.job_id,
-                lambda done, total: progress.update(task, completed=done, total=total),
-            )
-        _print_summary(submitted.job_id, time.monotonic() - start, show_rows=False)
+    verb = "resuming unfinished job" if submitted.resumed else "recorded job"
+    err_console.print(f"{verb} {submitted.job_id} with {submitted.images} images")
+    _feed(submitted.job_id, wait)
     print(submitted.job_id)
+
+
+@app.command()
+def resume(
+    job: Annotated[str, typer.Argument(help="Job id, id prefix, or `latest`.")] = "latest",
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job is finished.")] = False,
+) -> None:
+    """Re-enqueue the images of a job that are still pending (e.g. after Redis restarted empty)."""
+    from db.queries import get_job
+
+    with _session() as session:
+        job_id = get_job(session, job).id
+    _feed(job_id, wait)
+    print(job_id)
+
+
+def _require_redis(settings: Settings, command: str) -> str:
+    if settings.redis_url is None:
+        raise UserError(
+            f"IMGBATCH_REDIS_URL is not set: `{command}` feeds running workers "
+            "(use `imgbatch run` for the embedded mode)"
+        )
+    from worker.app import check_redis
+
+    check_redis(settings.redis_url)
+    return settings.redis_url
+
+
+def _feed(job_id: str, wait: bool) -> None:
+    import time
+
+    from producer.submit import feed
+
+    settings = get_settings()
+    broker_url = _require_redis(settings, "resume")
+    engine = _engine()
+    start = time.monotonic()
+    if not wait:
+        feed(settings, engine, job_id, broker_url, wait=False)
+        return
+    with _progress() as progress:
+        task = progress.add_task(f"job {job_id[:8]}", total=None)
+        feed(
+            settings,
+            engine,
+            job_id,
+            broker_url,
+            wait=True,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    _print_summary(job_id, time.monotonic() - start, show_rows=False)
 
 
 @app.command()
@@ -214,12 +268,18 @@ def _progress() -> Progress:
     )
 
 
-def _session():  # type: ignore[no-untyped-def]
-    from db.engine import ensure_schema, make_engine, session_factory
+def _engine() -> Engine:
+    from db.engine import ensure_schema, make_engine
 
     engine = make_engine(get_settings().db_url)
     ensure_schema(engine)
-    return session_factory(engine)()
+    return engine
+
+
+def _session() -> Session:
+    from db.engine import session_factory
+
+    return session_factory(_engine())()
 
 
 def _print_summary(job_id: str, seconds: float, show_rows: bool = True) -> None:

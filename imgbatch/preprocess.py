@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,11 @@ def open_image(path: str | Path, spec: PreprocessSpec, max_pixels: int = DEFAULT
     Raises ImageDecodeError with a short reason for anything that is not a usable image.
     """
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageDecodeError("not a regular file")  # a FIFO or device would block the worker
+        if st.st_size == 0:
+            raise ImageDecodeError("empty file")
         img = Image.open(path)
     except FileNotFoundError as exc:
         raise ImageDecodeError("file not found") from exc
@@ -80,9 +87,9 @@ def open_image(path: str | Path, spec: PreprocessSpec, max_pixels: int = DEFAULT
         raise ImageDecodeError("permission denied") from exc
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"too many pixels: {exc}") from exc
+    except ImageDecodeError:
+        raise
     except OSError as exc:
-        if Path(path).is_file() and Path(path).stat().st_size == 0:
-            raise ImageDecodeError("empty file") from exc
         raise ImageDecodeError(f"not a decodable image: {exc}") from exc
     try:
         pixels = img.width * img.height

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     model: Path | None = None
     batch_size: int = Field(default=16, ge=1, le=1024)
     queue_name: str = "imgbatch"
+    # Back-pressure: the producer keeps at most this many batch messages waiting in Redis.
+    max_in_flight: int = Field(default=64, ge=1)
+    # No image finished for this long while the queue is empty: the batches were lost (Redis
+    # restarted empty, or a whole worker was killed with messages in hand), so re-enqueue.
+    stall_seconds: float = Field(default=60.0, gt=0)
     # Worker tuning; 0 means derive from the CPUs this process may use.
     worker_concurrency: int = Field(default=0, ge=0)
     ort_threads: int = Field(default=0, ge=0)

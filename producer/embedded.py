@@ -17,7 +17,7 @@ from imgbatch.errors import UserError
 from imgbatch.modelfile import read_model_info
 from imgbatch.settings import Settings
 from producer.local_redis import local_redis
-from producer.submit import Submitted, submit, wait
+from producer.submit import Submitted, feed, record_job
 from worker.app import check_redis
 
 WORKER_STOP_TIMEOUT_S = 30
@@ -61,6 +61,7 @@ def run(
     workers: int,
     model_path: Path,
     batch_size: int,
+    new: bool = False,
     on_submitted: Callable[[Submitted], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RunOutcome:
@@ -82,7 +83,7 @@ def run(
         )
         proc = stack.enter_context(worker_processes(workers, env, log_path))
         start = time.monotonic()
-        submitted = submit(directories, model_path, batch_size, engine, broker_url)
+        submitted = record_job(directories, model_path, batch_size, engine, broker_url, new=new)
         if on_submitted:
             on_submitted(submitted)
 
@@ -95,7 +96,7 @@ def run(
             if on_progress:
                 on_progress(finished, total)
 
-        wait(engine, submitted.job_id, progress)
+        feed(settings, engine, submitted.job_id, broker_url, wait=True, on_progress=progress)
         return RunOutcome(submitted, time.monotonic() - start)
 
 

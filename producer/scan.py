@@ -38,11 +38,26 @@ def scan(roots: Sequence[Path]) -> Iterator[str]:
     """
     seen: set[str] = set()
     for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                    path = os.path.join(dirpath, name)
-                    if path not in seen:
-                        seen.add(path)
-                        yield path
+        for path in _walk(str(root)):
+            if path not in seen:
+                seen.add(path)
+                yield path
+
+
+def _walk(directory: str) -> Iterator[str]:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:  # unreadable directory: nothing under it can be read by workers either
+        return
+    subdirs = []
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.path)
+            # Regular files and symlinks to them; FIFOs and devices would block or never end a read.
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                yield entry.path
+        except OSError:
+            continue
+    for subdir in subdirs:
+        yield from _walk(subdir)

@@ -6,4 +6,6 @@ bash scripts/setup.sh --dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# The report test opens a real report in headless Chromium: Debian's chromium and chromium-driver.
+{ command -v chromium && command -v chromedriver; } >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 exec .venv/bin/pytest "$@"

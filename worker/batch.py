@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from db.models import Job
-from db.queries import finish_job_if_complete, save_results, set_persist_ms
+from db.queries import finish_job_if_complete, job_image_paths, save_results, set_persist_ms
 from worker.classify import Classifier, Prediction
 from worker.runtime import WorkerRuntime, ort_threads
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# Database blips: retry the batch's transaction with backoff before giving the message back.
+# Database blips: retry with backoff (0.5 s doubling to 10 s, about a minute in all) before failing.
 PERSIST_ATTEMPTS = 8
 PERSIST_BACKOFF_S = 0.5
 
@@ -26,12 +28,21 @@ def process_batch(rt: WorkerRuntime, job_id: str, items: list[list[Any]], enqueu
     """Classify `items` ([[image_id, path], ...]) of `job_id`; returns how many rows were written."""
     started = time.time()
     queue_ms = max(0.0, (started - enqueued_at) * 1000.0)
-    job = _job(rt, job_id)
+    job = _retrying(lambda: _job(rt, job_id))
     if job is None:
         log.warning("batch for unknown job %s dropped", job_id)
         return 0
     roots, model_path, model_sha = job
-    paths = [str(path) for _, path in items]
+    # Trust the database, not the message: only this job's images, at the paths recorded for them.
+    known = _retrying(lambda: _known_paths(rt, job_id, items))
+    checked = [item for item in items if known.get(int(item[0])) == item[1]]
+    if len(checked) != len(items):
+        log.warning(
+            "job %s: ignored %d batch items that are not this job's images", job_id, len(items) - len(checked)
+        )
+    if not checked:
+        return 0
+    paths = [str(path) for _, path in checked]
     reasons = {p: "outside the job's directories" for p in paths if not _inside(p, roots)}
     classifier = _classifier_for(rt, model_path, model_sha)
     if isinstance(classifier, str):
@@ -39,14 +50,32 @@ def process_batch(rt: WorkerRuntime, job_id: str, items: list[list[Any]], enqueu
     else:
         preds = classifier.classify(paths, reasons)
     rows = [
-        _row(job_id, int(image_id), pred, queue_ms, len(items), rt.name, model_sha)
-        for (image_id, _), pred in zip(items, preds, strict=True)
+        _row(job_id, int(image_id), pred, queue_ms, len(checked), rt.name, model_sha)
+        for (image_id, _), pred in zip(checked, preds, strict=True)
     ]
-    _persist(rt, job_id, rows)
+    _retrying(lambda: _persist(rt, job_id, rows))
     return len(rows)
 
 
+def _retrying(step: Callable[[], T]) -> T:
+    """Run a database step, retrying through outages with backoff; the message stays unacknowledged
+    meanwhile, and if the database stays away the error propagates and the batch stays pending."""
+    delay = PERSIST_BACKOFF_S
+    for attempt in range(1, PERSIST_ATTEMPTS + 1):
+        try:
+            return step()
+        except OperationalError as exc:
+            if attempt == PERSIST_ATTEMPTS:
+                raise
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            log.warning("database unavailable (attempt %d/%d): %s", attempt, PERSIST_ATTEMPTS, reason)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
 def _job(rt: WorkerRuntime, job_id: str) -> tuple[list[str], str, str] | None:
+    """(resolved roots, model path, model sha256) of a job, cached: jobs don't change once submitted."""
     if job_id not in rt.jobs:
         with rt.sessions() as session:
             row = session.execute(
@@ -56,6 +85,11 @@ def _job(rt: WorkerRuntime, job_id: str) -> tuple[list[str], str, str] | None:
             return None
         rt.jobs[job_id] = ([str(Path(r).resolve()) for r in row.roots], row.model_path, row.model_sha256)
     return rt.jobs[job_id]
+
+
+def _known_paths(rt: WorkerRuntime, job_id: str, items: list[list[Any]]) -> dict[int, str]:
+    with rt.sessions() as session:
+        return job_image_paths(session, job_id, [int(image_id) for image_id, _ in items])
 
 
 def _inside(path: str, roots: list[str]) -> bool:
@@ -114,26 +148,11 @@ def _row(
 
 
 def _persist(rt: WorkerRuntime, job_id: str, rows: list[dict[str, Any]]) -> None:
-    """Write the batch in one transaction; retry through database outages before failing."""
-    delay = PERSIST_BACKOFF_S
-    for attempt in range(1, PERSIST_ATTEMPTS + 1):
-        start = time.perf_counter()
-        try:
-            with rt.sessions.begin() as session:
-                save_results(session, rows)
-                # The time of the batch's statements before the commit, shared per image.
-                per_image_ms = (time.perf_counter() - start) * 1000.0 / len(rows)
-                set_persist_ms(session, job_id, [r["image_id"] for r in rows], per_image_ms)
-                finish_job_if_complete(session, job_id)
-            return
-        except OperationalError as exc:
-            if attempt == PERSIST_ATTEMPTS:
-                raise
-            log.warning(
-                "database unavailable (attempt %d/%d): %s",
-                attempt,
-                PERSIST_ATTEMPTS,
-                str(exc.orig).splitlines()[0] if exc.orig else exc,
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    """Write the batch in one transaction."""
+    start = time.perf_counter()
+    with rt.sessions.begin() as session:
+        save_results(session, rows)
+        # The time of the batch's statements before the commit, shared per image.
+        per_image_ms = (time.perf_counter() - start) * 1000.0 / len(rows)
+        set_persist_ms(session, job_id, [r["image_id"] for r in rows], per_image_ms)
+        finish_job_if_complete(session, job_id)

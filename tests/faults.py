@@ -1,0 +1,193 @@
+"""Real-process fault injection helpers: a Redis server we can restart, a TCP proxy we can cut,
+and process-tree inspection. Used by the slow fault tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+from sqlalchemy import func, select
+
+from db.engine import make_engine, session_factory
+from db.models import Image, ImageState, Result
+from producer.local_redis import free_port, redis_server_binary
+
+
+class RestartableRedis:
+    """A private redis-server on a fixed port that keeps nothing on disk: a restart comes back empty."""
+
+    def __init__(self, password: str | None = None) -> None:
+        self.port = free_port()
+        self.password = password
+        self.dir = tempfile.mkdtemp(prefix="imgbatch-test-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir,
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()  # like a crash: whatever it held is gone
+            self.proc.wait()
+
+    def queue_length(self, queue: str) -> int:
+        return int(redis.Redis.from_url(self.url).llen(queue))
+
+
+class CuttableProxy:
+    """A TCP proxy to a real server; `cut(seconds)` drops every connection and refuses new ones."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.down_until = 0.0
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.down_until:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def cut(self, seconds: float) -> None:
+        self.down_until = time.monotonic() + seconds
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+        self.cut(0)
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+class JobCounter:
+    """Reads a job's rows straight from the database, for assertions of exactly-once."""
+
+    def __init__(self, db_url: str) -> None:
+        self.engine = make_engine(db_url)
+        self.sessions = session_factory(self.engine)
+
+    def results(self, job_id: str | None = None) -> int:
+        with self.sessions() as s:
+            query = select(func.count()).select_from(Result)
+            if job_id:
+                query = query.where(Result.job_id == job_id)
+            return s.scalar(query) or 0
+
+    def exactly_once(self, job_id: str) -> tuple[int, int, int, int]:
+        """(images, result rows, distinct images with a result, images still pending)."""
+        with self.sessions() as s:
+            images = s.scalar(select(func.count()).select_from(Image).where(Image.job_id == job_id)) or 0
+            rows = s.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id)) or 0
+            distinct_ids = select(func.count(func.distinct(Result.image_id))).where(Result.job_id == job_id)
+            distinct = s.scalar(distinct_ids) or 0
+            pending_q = select(func.count()).select_from(Image)
+            pending = (
+                s.scalar(pending_q.where(Image.job_id == job_id, Image.state == ImageState.PENDING)) or 0
+            )
+        return images, rows, distinct, pending
+
+    def wait_for_results(self, at_least: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.results() >= at_least:
+                    return
+            except Exception:  # the schema may not exist yet
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"fewer than {at_least} results after {timeout} s")
+
+    def close(self) -> None:
+        self.engine.dispose()
