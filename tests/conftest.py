@@ -147,11 +147,13 @@ def run_cli(
 class WorkerProcess:
     """`imgbatch worker` as a real child process; stopped (or killed) at teardown."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, concurrency: int = 1, prefix: list[str] | None = None
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imgbatch", "worker", "--concurrency", str(concurrency)],
+            [*(prefix or []), sys.executable, "-m", "imgbatch", "worker", "--concurrency", str(concurrency)],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -198,8 +200,10 @@ def service_env(tmp_path: Path, redis_url: str, db_url: str, model_path: Path) -
 def start_worker(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     started: list[WorkerProcess] = []
 
-    def start(env: dict[str, str], concurrency: int = 1, wait: bool = True) -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", concurrency)
+    def start(
+        env: dict[str, str], concurrency: int = 1, wait: bool = True, prefix: list[str] | None = None
+    ) -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", concurrency, prefix)
         started.append(worker)
         if wait:
             worker.wait_ready()

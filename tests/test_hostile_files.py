@@ -1,0 +1,165 @@
+"""Every odd or hostile file ends as a correct result or a recorded error with a reason, the worker
+stays alive, and its memory stays bounded through a decompression bomb."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from faults import JobCounter, children, peak_rss_mb
+from imgbatch.samples import EXPECTED_CLASSES, load_photo
+
+pytestmark = pytest.mark.slow
+CAT = EXPECTED_CLASSES["cat"]
+NON_UTF8_NAME = b"caf\xe9-cat.jpg"
+
+
+def _bomb_png(path: Path, side: int = 30_000) -> None:
+    """A 1-bit PNG of side x side pixels whose file is small: zero rows compress to almost nothing."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + side // 8)
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def _make_files(job_dir: Path, outside: Path) -> dict[str, tuple[str, Any]]:
+    """name -> ("ok", class set or None) or ("error", reason substring)."""
+    cat = load_photo("cat")
+    coffee = load_photo("coffee")
+    expect: dict[str, tuple[str, Any]] = {}
+
+    cat.save(job_dir / "cat.jpg", quality=92)
+    expect["cat.jpg"] = ("ok", CAT)
+    (job_dir / "empty.jpg").write_bytes(b"")
+    expect["empty.jpg"] = ("error", "empty file")
+    data = (job_dir / "cat.jpg").read_bytes()
+    (job_dir / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    expect["truncated.jpg"] = ("error", "not a decodable image")
+    (job_dir / "random.jpg").write_bytes(np.random.default_rng(1).bytes(20_000))
+    expect["random.jpg"] = ("error", "not a decodable image")
+    (job_dir / "notes.png").write_text("this is a text file, not a PNG\n" * 20)
+    expect["notes.png"] = ("error", "not a decodable image")
+
+    rgba = cat.convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(job_dir / "alpha.png")
+    expect["alpha.png"] = ("ok", CAT)
+    cat.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(job_dir / "palette.png")
+    expect["palette.png"] = ("ok", CAT)
+    gray16 = (np.asarray(cat.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(gray16).save(job_dir / "sixteen-bit.png")
+    assert Image.open(job_dir / "sixteen-bit.png").mode.startswith("I")
+    expect["sixteen-bit.png"] = ("ok", None)
+    cat.convert("L").save(job_dir / "grayscale.jpg", quality=92)
+    expect["grayscale.jpg"] = ("ok", None)
+    cat.convert("CMYK").save(job_dir / "cmyk.jpg", quality=92)
+    expect["cmyk.jpg"] = ("ok", CAT)
+
+    # Stored lying on its side; EXIF orientation 6 says "rotate 90 degrees clockwise to display".
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    cat.transpose(Image.Transpose.ROTATE_90).save(job_dir / "exif-rotated.jpg", quality=92, exif=exif)
+    expect["exif-rotated.jpg"] = ("ok", CAT)
+
+    cat.save(
+        job_dir / "animated.gif", save_all=True, append_images=[coffee.resize(cat.size)], duration=100, loop=0
+    )
+    assert Image.open(job_dir / "animated.gif").n_frames == 2
+    expect["animated.gif"] = ("ok", CAT)  # the first frame
+    cat.save(job_dir / "cat.webp", quality=90)
+    expect["cat.webp"] = ("ok", CAT)
+    cat.save(job_dir / "cat.tiff")
+    expect["cat.tiff"] = ("ok", CAT)
+
+    _bomb_png(job_dir / "bomb.png")
+    assert (job_dir / "bomb.png").stat().st_size < 200_000
+    expect["bomb.png"] = ("error", "too many pixels")
+
+    shutil.copy(job_dir / "cat.jpg", job_dir / "vanishes.jpg")
+    expect["vanishes.jpg"] = ("error", "file not found")
+    shutil.copy(job_dir / "cat.jpg", job_dir / "unreadable.jpg")
+    os.chmod(job_dir / "unreadable.jpg", 0)
+    expect["unreadable.jpg"] = ("error", "permission denied")
+
+    with open(os.path.join(os.fsencode(job_dir), NON_UTF8_NAME), "wb") as handle:
+        handle.write(data)
+    expect["caf\\xe9-cat.jpg"] = ("ok", CAT)
+
+    cat.save(outside / "secret.jpg")
+    (job_dir / "escape.jpg").symlink_to(outside / "secret.jpg")
+    expect["escape.jpg"] = ("error", "outside the job's directories")
+
+    os.mkfifo(job_dir / "fifo.jpg")  # never recorded: reading it would block a worker forever
+    return expect
+
+
+def test_hostile_and_odd_files(
+    tmp_path: Path, service_env: dict[str, str], start_worker: Any, db_url: str
+) -> None:
+    job_dir, outside = tmp_path / "photos", tmp_path / "outside"
+    job_dir.mkdir()
+    outside.mkdir()
+    expect = _make_files(job_dir, outside)
+
+    submitted = run_cli(["submit", str(job_dir)], service_env)  # queued; no worker runs yet
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    (job_dir / "vanishes.jpg").unlink()  # gone between submit and processing
+
+    # As root, file permissions don't bind; drop the capabilities that bypass them so that
+    # "unreadable" is unreadable for the worker too.
+    prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else None
+    worker = start_worker(service_env, concurrency=1, prefix=prefix)
+    counter = JobCounter(db_url)
+    deadline = time.monotonic() + 120
+    while counter.exactly_once(job_id)[3] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    images, rows, distinct, pending = counter.exactly_once(job_id)
+    assert (rows, distinct, pending) == (images, images, 0) and images == len(expect)
+
+    out = run_cli(["results", job_id, "--format", "json"], service_env)
+    results = {Path(r["path"]).name: r for r in json.loads(out.stdout)}
+    assert sorted(results) == sorted(expect), "fifo.jpg must not be recorded; everything else must"
+    for name, (status, detail) in expect.items():
+        got = results[name]
+        assert got["status"] == status, (name, got)
+        if status == "ok" and detail is not None:
+            assert got["class_index"] in detail, (name, got["label"])
+        if status == "error":
+            assert detail in got["error"], (name, got["error"])
+
+    # Alive, and memory stayed bounded through the 30000 x 30000 bomb.
+    pool = children(worker.proc.pid)
+    assert worker.proc.poll() is None and pool
+    assert max(peak_rss_mb(pid) for pid in pool) < 300
+    again = run_cli(["submit", str(job_dir), "--new", "--wait"], service_env)
+    assert again.returncode == 0, again.stderr
+    counter.close()
+
+
+def test_decode_refuses_the_bomb_in_process_without_allocating(tmp_path: Path) -> None:
+    from imgbatch.preprocess import ImageDecodeError, PreprocessSpec, load_tensor
+
+    _bomb_png(tmp_path / "bomb.png")
+    before = peak_rss_mb(os.getpid())
+    with pytest.raises(ImageDecodeError, match="too many pixels"):
+        load_tensor(tmp_path / "bomb.png", PreprocessSpec())
+    assert peak_rss_mb(os.getpid()) - before < 50
