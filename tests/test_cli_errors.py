@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import imgbatch_env, run_cli
 
+from conftest import imgbatch_env, run_cli
 from producer.local_redis import free_port
 
 

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import imgbatch_env, run_cli
 from sqlalchemy import func, select
 
+from conftest import imgbatch_env, run_cli
 from db.engine import make_engine, session_factory
 from db.models import Result
 from imgbatch.samples import make_variants

@@ -12,9 +12,9 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import run_cli
 from sqlalchemy import func, select
 
+from conftest import run_cli
 from db.engine import make_engine, session_factory
 from db.models import Image, Result
 from imgbatch.samples import EXPECTED_CLASSES

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import PG_ADMIN_URL, fresh_postgres_database, imgbatch_env
 from faults import CuttableProxy, JobCounter, RestartableRedis, children
-
 from imgbatch.samples import make_variants
 
 pytestmark = pytest.mark.slow
