@@ -10,7 +10,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Base
 from imgbatch.errors import UserError
 from imgbatch.settings import redact_url
 
@@ -49,12 +48,20 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create missing tables; errors become one readable line naming the (redacted) URL."""
+    """Migrate the schema to head (a no-op when it is); errors become one line naming the redacted URL."""
+    from db.migrate import upgrade
+
     try:
-        Base.metadata.create_all(engine)
+        upgrade(engine)
     except OperationalError as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        raise UserError(f"cannot reach database {where}: {_first_line(exc.orig)}") from exc
+        raise database_error(engine, exc) from exc
+
+
+def database_error(engine: Engine, exc: BaseException) -> UserError:
+    """One readable line for a database that can't be reached or migrated; the password hidden."""
+    where = engine.url.render_as_string(hide_password=True)
+    reason = _first_line(exc.orig if isinstance(exc, OperationalError) else exc)
+    return UserError(f"cannot reach database {where}: {reason}")
 
 
 def _first_line(exc: BaseException | None) -> str:

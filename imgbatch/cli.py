@@ -324,9 +324,13 @@ def _print_rows(rows, root: str | None = None) -> None:  # type: ignore[no-untyp
 
 # Commands whose code lives with their stage. Their modules import torch, matplotlib etc. only
 # inside the command function, so `imgbatch --help` and the workers stay light.
+from db.cli import db_app  # noqa: E402
 from export.cli import export_command  # noqa: E402
+from imgbatch.report.cli import report_command  # noqa: E402
 
 app.command("export")(export_command)
+app.add_typer(db_app, name="db")
+app.command("report")(report_command)
 
 
 def main() -> None:

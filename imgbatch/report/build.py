@@ -1,0 +1,186 @@
+"""Gather a job's aggregates from db.stats, make thumbnails and charts, render one HTML file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, StrictUndefined
+from sqlalchemy.orm import Session
+
+from db import stats
+from imgbatch.errors import UserError
+from imgbatch.report import charts
+from imgbatch.report.template import REPORT_TEMPLATE
+from imgbatch.report.thumbs import THUMB_SIDE, Thumb, make_thumbs
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Bounds that keep the file small and quick to open however big the job is."""
+
+    per_label: int = 12  # thumbnails per label group
+    max_gallery_thumbs: int = 1200  # labels beyond per_label * groups get counts only
+    lowest: int = 24  # least confident images shown
+    errors_per_reason: int = 2000  # file names listed per error reason
+    changes: int = 300  # label changes shown with thumbnails
+    open_groups: int = 3  # label groups expanded when the page opens
+    thumb_side: int = THUMB_SIDE
+    stage_sample_limit: int = 100_000  # rows behind the latency histograms
+    top_labels_chart: int = 15
+
+
+@dataclass
+class _Group:
+    label: str
+    count: int
+    mean_score: float
+    min_score: float
+    images: list[stats.ScoredImage] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Chart:
+    key: str
+    alt: str
+    uri: str | None
+
+
+def build_report(
+    session: Session, job_id: str, compare_job_id: str | None = None, options: ReportOptions | None = None
+) -> str:
+    """The report of `job_id` (a full id) as one self-contained HTML document.
+
+    Raises UserError when the job has no results yet.
+    """
+    opts = options or ReportOptions()
+    summary = stats.job_summary(session, job_id)
+    if summary.results == 0:
+        raise UserError(
+            f"job {job_id} has no results yet ({summary.pending} images pending): "
+            "start workers or wait, then report again"
+        )
+    labels = stats.label_histogram(session, job_id)
+    per_label = max(opts.per_label, 0)
+    with_thumbs = min(len(labels), opts.max_gallery_thumbs // per_label) if per_label else 0
+    samples = stats.label_samples(session, job_id, [lc.label for lc in labels[:with_thumbs]], per_label)
+    groups = [
+        _Group(lc.label, lc.count, lc.mean_score, lc.min_score, samples.get(lc.label, []))
+        for lc in labels[:with_thumbs]
+    ]
+    lowest = stats.lowest_confidence(session, job_id, opts.lowest)
+    errors = stats.error_groups(session, job_id, limit_per_reason=opts.errors_per_reason)
+    stage_samples = stats.stage_samples(session, job_id, limit=opts.stage_sample_limit)
+    throughput = stats.throughput_by_worker(session, job_id, min_bucket_seconds=0.5, since=summary.created_at)
+
+    compare: dict[str, Any] | None = None
+    files = [(im.path, im.file) for g in groups for im in g.images] + [(im.path, im.file) for im in lowest]
+    if compare_job_id is not None:
+        changes = stats.changed_labels(session, job_id, compare_job_id, limit=opts.changes)
+        compare = {
+            "job_id": compare_job_id,
+            "changes": changes,
+            "count": stats.changed_label_count(session, job_id, compare_job_id),
+            "common": stats.common_image_count(session, job_id, compare_job_id),
+        }
+        files += [(c.path, c.file) for c in changes]
+    thumbs: dict[str, Thumb] = make_thumbs(files, opts.thumb_side)
+
+    chart_list = [
+        _Chart(
+            "stages",
+            "Histograms of per-image latency by stage: queue wait, decode, inference, persist",
+            _uri(charts.stage_histograms(stage_samples)),
+        ),
+        _Chart(
+            "throughput", "Images per second over time, per worker", _uri(charts.throughput_chart(throughput))
+        ),
+        _Chart(
+            "scores",
+            "Histogram of top-1 scores",
+            _uri(charts.score_histogram(stats.score_values(session, job_id))),
+        ),
+        _Chart(
+            "labels",
+            "Most frequent labels",
+            _uri(charts.label_bars([(lc.label, lc.count) for lc in labels[: opts.top_labels_chart]])),
+        ),
+    ]
+    stage_rows = [
+        {
+            "title": charts.STAGE_TITLES[stage],
+            "p50": stats.percentile(values, 50) if values else 0.0,
+            "p95": stats.percentile(values, 95) if values else 0.0,
+        }
+        for stage, values in stage_samples.items()
+    ]
+    return (
+        _environment(summary.roots)
+        .from_string(REPORT_TEMPLATE)
+        .render(
+            s=summary,
+            stages=stage_rows,
+            labels=labels,
+            groups=groups,
+            labels_without_thumbs=labels[with_thumbs:],
+            per_label=per_label,
+            open_groups=opts.open_groups,
+            lowest=lowest,
+            error_groups=errors,
+            charts=chart_list,
+            thumbs=thumbs,
+            compare=compare,
+            generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        )
+    )
+
+
+def write_report(html: str, output: Path) -> None:
+    """Write atomically (temp file + rename), so a failed write leaves no half report behind."""
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write report to {output}: {exc.strerror or exc}") from exc
+
+
+def check_writable(output: Path) -> None:
+    """Fail before the (possibly long) work when the output path cannot be written."""
+    if output.is_dir():
+        raise UserError(f"cannot write report to {output}: it is a directory")
+    parent = output.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write report to {output}: no such directory {parent}")
+    if not os.access(parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise UserError(f"cannot write report to {output}: permission denied")
+
+
+def _uri(svg: str | None) -> str | None:
+    return charts.svg_data_uri(svg) if svg is not None else None
+
+
+def _environment(roots: list[str]) -> Environment:
+    env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=False)
+
+    def shortpath(path: str) -> str:
+        """The path relative to the job directory holding it (the full path when outside all)."""
+        for root in roots:
+            try:
+                rel = os.path.relpath(path, root)
+            except ValueError:
+                continue
+            if not rel.startswith(".."):
+                return rel
+        return path
+
+    def top5text(top5: list[Any]) -> str:
+        return "\n".join(f"{float(t[2]):.3f}  {t[1]}" for t in top5 if len(t) >= 3)
+
+    env.filters["shortpath"] = shortpath
+    env.filters["top5text"] = top5text
+    return env
