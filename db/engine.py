@@ -40,6 +40,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable enough under WAL, much faster commits
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA case_sensitive_like=ON")  # --path-glob matches as on PostgreSQL
     cursor.close()
 
 
@@ -61,7 +62,7 @@ def database_error(engine: Engine, exc: BaseException) -> UserError:
     """One readable line for a database that can't be reached or migrated; the password hidden."""
     where = engine.url.render_as_string(hide_password=True)
     reason = _first_line(exc.orig if isinstance(exc, OperationalError) else exc)
-    return UserError(f"cannot reach database {where}: {reason}")
+    return UserError(f"cannot use database {where}: {reason}")
 
 
 def _first_line(exc: BaseException | None) -> str:

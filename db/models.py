@@ -81,7 +81,7 @@ class Result(Base):
         # One row per (job, image): a redelivered batch cannot write twice.
         UniqueConstraint("job_id", "image_id", name="uq_results_job_image"),
         # Filters of `imgbatch results` within one job: by label, by status, by score.
-        Index("ix_results_job_label", "job_id", "label"),
+        Index("ix_results_job_label", "job_id", "label", "image_id"),
         Index("ix_results_job_status", "job_id", "status"),
         Index("ix_results_job_score", "job_id", "score"),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, func, select, update
@@ -194,21 +194,97 @@ def _insert_ignore(session: Session, model: type[Any], rows: list[dict[str, Any]
         raise UserError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
 
 
-def iter_results(session: Session, job_id: str, chunk: int = 1000) -> Iterator[Row[Any]]:
-    """The job's images with their results (or none yet), in image order, streamed in chunks."""
-    last_id = 0
-    while True:
-        rows = session.execute(
+@dataclass(frozen=True)
+class ResultFilter:
+    """Filters of `imgbatch results`; any set on a result field leaves out images still pending."""
+
+    label: str | None = None
+    min_score: float | None = None
+    status: str | None = None  # "ok", "error" or "pending"
+    path_glob: str | None = None  # matched against the whole path, `*` crosses directories
+
+    def needs_result(self) -> bool:
+        return self.label is not None or self.min_score is not None or self.status in ("ok", "error")
+
+
+def results_query(job_id: str, filters: ResultFilter, after_id: int, chunk: int) -> Any:
+    """One keyset page of a job's images (with results) matching `filters`, in image id order.
+
+    With a result filter the query is driven by `results` and its (job_id, label, image_id),
+    (job_id, status) and (job_id, score) indexes, so one label out of a million rows is an index
+    range scan, not a table scan.
+    """
+    if filters.needs_result():
+        stmt = (
+            select(Image.id, Image.path, Image.state, Result)
+            .join(Result, Result.image_id == Image.id)
+            .where(Result.job_id == job_id, Result.image_id > after_id)
+            .order_by(Result.image_id)
+        )
+        if filters.label is not None:
+            stmt = stmt.where(Result.label == filters.label)
+        if filters.min_score is not None:
+            stmt = stmt.where(Result.score >= filters.min_score)
+        if filters.status is not None:
+            stmt = stmt.where(Result.status == filters.status)
+    else:
+        stmt = (
             select(Image.id, Image.path, Image.state, Result)
             .outerjoin(Result, Result.image_id == Image.id)
-            .where(Image.job_id == job_id, Image.id > last_id)
+            .where(Image.job_id == job_id, Image.id > after_id)
             .order_by(Image.id)
-            .limit(chunk)
-        ).all()
+        )
+        if filters.status == ImageState.PENDING:
+            stmt = stmt.where(Image.state == ImageState.PENDING)
+    if filters.path_glob is not None:
+        stmt = stmt.where(Image.path.like(_glob_to_like(filters.path_glob), escape="\\"))
+    return stmt.limit(chunk)
+
+
+def _glob_to_like(pattern: str) -> str:
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def iter_results(
+    session: Session, job_id: str, filters: ResultFilter | None = None, chunk: int = 1000
+) -> Iterator[Row[Any]]:
+    """The job's images with their results (or none yet), in image order, streamed in chunks:
+    memory stays constant however big the job."""
+    filters = filters or ResultFilter()
+    last_id = 0
+    while True:
+        rows = session.execute(results_query(job_id, filters, last_id, chunk)).all()
         if not rows:
             return
         yield from rows  # type: ignore[misc]
         last_id = rows[-1].id
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job: Job
+    counts: JobCounts
+    images_per_second: float | None
+
+
+def list_jobs(session: Session, limit: int = 20) -> list[JobRow]:
+    """The most recent jobs with their counts and throughput (creation to last result)."""
+    jobs = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)).all()
+    out = []
+    for job in jobs:
+        counts = job_counts(session, job.id)
+        _, last = job_throughput(session, job.id)
+        rate = None
+        if last is not None and counts.finished:
+            seconds = (_aware(last) - _aware(job.created_at)).total_seconds()
+            rate = counts.finished / seconds if seconds > 0 else None
+        out.append(JobRow(job, counts, rate))
+    return out
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def top_labels(session: Session, job_id: str, limit: int = 5) -> list[tuple[str, int]]:

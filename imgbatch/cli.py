@@ -25,7 +25,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output is read by people too (and by grep): don't squeeze tables to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 # More images than this and `run` prints a summary only, not every row.
@@ -36,6 +37,13 @@ class Format(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
+    jsonl = "jsonl"
+
+
+class Status(StrEnum):
+    ok = "ok"
+    error = "error"
+    pending = "pending"
 
 
 ModelOpt = Annotated[
@@ -206,38 +214,219 @@ def worker(
     start_worker(concurrency, loglevel)
 
 
+JobArg = Annotated[str, typer.Argument(help="Job id, id prefix, or `latest`.")]
+
+
 @app.command()
-def status(job: Annotated[str, typer.Argument(help="Job id, id prefix, or `latest`.")] = "latest") -> None:
+def status(
+    job: JobArg = "latest",
+    watch: Annotated[bool, typer.Option("--watch", help="A live progress bar with rate and ETA.")] = False,
+) -> None:
     """Counts and state of a job."""
     from db.queries import get_job, job_counts
 
     with _session() as session:
         found = get_job(session, job)
-        counts = job_counts(session, found.id)
+        job_id = found.id
+        if watch:
+            _watch(session, job_id)
+        counts = job_counts(session, job_id)
+        found = get_job(session, job_id)
         console.print(
             f"job {found.id}  state={found.state}  total={counts.total}  done={counts.done}  "
             f"error={counts.error}  pending={counts.pending}  model={found.model_sha256[:12]}"
         )
 
 
+def _watch(session: Session, job_id: str, poll_s: float = 0.5) -> None:
+    import time
+
+    from db.queries import job_counts
+
+    with _progress() as progress:
+        task = progress.add_task(f"job {job_id[:8]}", total=None)
+        while True:
+            session.expire_all()
+            counts = job_counts(session, job_id)
+            session.rollback()  # end the read transaction so the next poll sees new rows
+            progress.update(task, completed=counts.finished, total=counts.total)
+            if counts.pending == 0:
+                return
+            time.sleep(poll_s)
+
+
 @app.command()
-def results(
-    job: Annotated[str, typer.Argument(help="Job id, id prefix, or `latest`.")] = "latest",
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+def jobs(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many recent jobs.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, for machines.")] = False,
 ) -> None:
-    """Every image of a job with its label, score, error and stage timings."""
-    from db.queries import get_job
-    from imgbatch.results_view import result_dicts, write_csv, write_json
+    """Recent jobs with state, counts, images/s and model."""
+    import json
+
+    from db.queries import list_jobs
 
     with _session() as session:
+        rows = list_jobs(session, limit)
+    if as_json:
+        for r in rows:
+            print(
+                json.dumps(
+                    {
+                        "id": r.job.id,
+                        "created_at": r.job.created_at.isoformat(),
+                        "state": r.job.state,
+                        "total": r.counts.total,
+                        "done": r.counts.done,
+                        "error": r.counts.error,
+                        "pending": r.counts.pending,
+                        "images_per_second": r.images_per_second,
+                        "model_sha256": r.job.model_sha256,
+                        "roots": r.job.roots,
+                    }
+                )
+            )
+        return
+    table = Table()
+    for name in (
+        "job",
+        "created",
+        "state",
+        "images",
+        "ok",
+        "errors",
+        "pending",
+        "images/s",
+        "model",
+        "directories",
+    ):
+        table.add_column(name, no_wrap=name in ("job", "created"))
+    for r in rows:
+        table.add_row(
+            r.job.id[:12],
+            r.job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.job.state,
+            str(r.counts.total),
+            str(r.counts.done),
+            str(r.counts.error),
+            str(r.counts.pending),
+            "" if r.images_per_second is None else f"{r.images_per_second:.1f}",
+            r.job.model_sha256[:12],
+            ", ".join(r.job.roots),
+        )
+    console.print(table)
+
+
+@app.command()
+def results(
+    job: JobArg = "latest",
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    label: Annotated[str | None, typer.Option(help="Only images whose top-1 label is this.")] = None,
+    min_score: Annotated[
+        float | None, typer.Option(help="Only images whose top-1 score is at least this.")
+    ] = None,
+    status_filter: Annotated[
+        Status | None, typer.Option("--status", help="Only ok, error or pending images.")
+    ] = None,
+    path_glob: Annotated[
+        str | None, typer.Option(help="Only paths matching this glob (whole path; `*` crosses directories).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="At most this many rows.")] = None,
+) -> None:
+    """Every image of a job with its label, score, error and stage timings, streamed in image order."""
+    from db.queries import ResultFilter, get_job
+    from imgbatch.results_view import result_dicts, write_csv, write_json, write_jsonl
+
+    filters = ResultFilter(label, min_score, status_filter.value if status_filter else None, path_glob)
+    with _session() as session:
         job_id = get_job(session, job).id
-        rows = result_dicts(session, job_id)
+        rows = result_dicts(session, job_id, filters, limit)
         if fmt is Format.csv:
             write_csv(rows)
         elif fmt is Format.json:
             write_json(rows)
+        elif fmt is Format.jsonl:
+            write_jsonl(rows)
         else:
             _print_rows(rows)
+
+
+@app.command()
+def stats(
+    job: JobArg = "latest",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, for machines.")] = False,
+) -> None:
+    """Per-stage latency p50/p95/p99, images/s over time, per-worker counts, errors by reason, labels."""
+    from imgbatch.stats_view import job_stats, print_stats
+
+    with _session() as session:
+        from db.queries import get_job
+
+        data = job_stats(session, get_job(session, job).id)
+    if as_json:
+        import json
+
+        print(json.dumps(data, indent=2))
+    else:
+        print_stats(console, data)
+
+
+@app.command()
+def compare(
+    job_a: Annotated[str, typer.Argument(help="First job (e.g. the FP32 run).")],
+    job_b: Annotated[str, typer.Argument(help="Second job (e.g. the INT8 run of the same directory).")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Changed images to list.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, for machines.")] = False,
+) -> None:
+    """Top-1 agreement of two jobs over the images they share (matched by path), and what changed."""
+    from db.queries import get_job
+    from db.stats import changed_label_count, changed_labels, common_image_count
+
+    with _session() as session:
+        a, b = get_job(session, job_a).id, get_job(session, job_b).id
+        common = common_image_count(session, a, b)
+        changed = changed_label_count(session, a, b)
+        listed = changed_labels(session, a, b, limit=limit)
+    if common == 0:
+        raise UserError(f"jobs {a[:12]} and {b[:12]} share no image with a result (matched by path)")
+    agreement = (common - changed) / common
+    if as_json:
+        import json
+
+        print(
+            json.dumps(
+                {
+                    "job_a": a,
+                    "job_b": b,
+                    "common": common,
+                    "changed": changed,
+                    "agreement": agreement,
+                    "changes": [
+                        {
+                            "path": c.path,
+                            "a": {"status": c.status_a, "label": c.label_a, "score": c.score_a},
+                            "b": {"status": c.status_b, "label": c.label_b, "score": c.score_b},
+                        }
+                        for c in listed
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    console.print(f"{common} images in both jobs; top-1 agreement {agreement:.2%} ({changed} changed)")
+    if listed:
+        table = Table(title=f"changed ({len(listed)} of {changed} shown)")
+        for name in ("path", f"{a[:8]} label", "score", f"{b[:8]} label", "score"):
+            table.add_column(name)
+        for c in listed:
+            table.add_row(
+                c.path, c.label_a or c.status_a, _score(c.score_a), c.label_b or c.status_b, _score(c.score_b)
+            )
+        console.print(table)
+
+
+def _score(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 @app.command()

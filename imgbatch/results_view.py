@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from sqlalchemy.orm import Session
 
 from db.models import ImageState
-from db.queries import iter_results
+from db.queries import ResultFilter, iter_results
 
 FIELDS = [
     "path",
@@ -29,8 +29,12 @@ FIELDS = [
 ]
 
 
-def result_dicts(session: Session, job_id: str) -> Iterator[dict[str, Any]]:
-    for row in iter_results(session, job_id):
+def result_dicts(
+    session: Session, job_id: str, filters: ResultFilter | None = None, limit: int | None = None
+) -> Iterator[dict[str, Any]]:
+    for n, row in enumerate(iter_results(session, job_id, filters)):
+        if limit is not None and n >= limit:
+            return
         result = row.Result
         if result is None:
             yield {"path": row.path, "status": ImageState.PENDING, **{f: None for f in FIELDS[2:]}}
@@ -56,6 +60,11 @@ def write_csv(rows: Iterator[dict[str, Any]], out: TextIO = sys.stdout) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "top5": json.dumps(row["top5"]) if row["top5"] is not None else ""})
+
+
+def write_jsonl(rows: Iterator[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    for row in rows:
+        out.write(json.dumps(row) + "\n")
 
 
 def write_json(rows: Iterator[dict[str, Any]], out: TextIO = sys.stdout) -> None:

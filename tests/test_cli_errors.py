@@ -65,7 +65,7 @@ def test_unreachable_redis_hides_the_password(env: dict[str, str], photo_dir: Pa
 def test_unreachable_database_hides_the_password(env: dict[str, str], photo_dir: Path) -> None:
     env["IMGBATCH_DATABASE_URL"] = f"postgresql://bob:s3cret-pw@127.0.0.1:{free_port()}/nowhere"
     proc = run_cli(["submit", str(photo_dir)], env)
-    _assert_one_line_error(proc, "cannot reach database")
+    _assert_one_line_error(proc, "cannot use database")
     assert "s3cret-pw" not in proc.stderr + proc.stdout
     _assert_one_line_error(run_cli(["status", "latest"], env), "database")
 

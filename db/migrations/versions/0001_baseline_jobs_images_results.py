@@ -69,7 +69,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("job_id", "image_id", name="uq_results_job_image"),
     )
     with op.batch_alter_table("results", schema=None) as batch_op:
-        batch_op.create_index("ix_results_job_label", ["job_id", "label"], unique=False)
+        batch_op.create_index("ix_results_job_label", ["job_id", "label", "image_id"], unique=False)
         batch_op.create_index("ix_results_job_status", ["job_id", "status"], unique=False)
         batch_op.create_index("ix_results_job_score", ["job_id", "score"], unique=False)
 
