@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # Worker tuning; 0 means derive from the CPUs this process may use.
     worker_concurrency: int = Field(default=0, ge=0)
     ort_threads: int = Field(default=0, ge=0)
+    # Serve Prometheus metrics of `imgbatch worker` on this port (0: off).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     # Images with more pixels are refused before decoding (decompression bombs).
     max_pixels: int = Field(default=80_000_000, ge=1)
 

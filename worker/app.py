@@ -38,7 +38,9 @@ def configure(app: Celery, settings: Settings, broker_url: str | None = None) ->
         task_default_queue=settings.queue_name,
         task_routes={TASK_CLASSIFY: {"queue": settings.queue_name}},
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Task events let Flower (or `celery events`) watch the workers; one small message per batch.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         broker_pool_limit=4,
     )
 

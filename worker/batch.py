@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from db.models import Job
 from db.queries import finish_job_if_complete, job_image_paths, save_results, set_persist_ms
 from worker.classify import Classifier, Prediction
+from worker.metrics import observe_batch
 from worker.runtime import WorkerRuntime, ort_threads
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def process_batch(rt: WorkerRuntime, job_id: str, items: list[list[Any]], enqueu
         for (image_id, _), pred in zip(checked, preds, strict=True)
     ]
     _retrying(lambda: _persist(rt, job_id, rows))
+    observe_batch(rows)
     return len(rows)
 
 

@@ -30,6 +30,10 @@ def start_worker(concurrency: int | None, loglevel: str = "INFO") -> None:
     from worker.app import app, configure
 
     configure(app, settings)
+    if settings.metrics_port:
+        from worker.metrics import enable
+
+        enable(settings.metrics_port)
     app.worker_main(
         [
             "worker",
