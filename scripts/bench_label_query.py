@@ -21,6 +21,26 @@ from db.engine import ensure_schema, make_engine, session_factory
 from db.queries import ResultFilter, iter_results
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+INSERT_JOB = (
+    "INSERT INTO jobs (id, created_at, state, roots, model_path, model_sha256, batch_size, "
+    "total_images) VALUES ('bench', now(), 'done', '[\"/photos\"]', '/m.onnx', repeat('a', 64), "
+    "16, :n)"
+)
+INSERT_IMAGES = (
+    "INSERT INTO images (job_id, path, state) SELECT 'bench', '/photos/img_' || i || '.jpg', "
+    "'done' FROM generate_series(1, :n) AS i"
+)
+INSERT_RESULTS = (
+    "INSERT INTO results (job_id, image_id, status, label, class_index, score, queue_ms, "
+    "decode_ms, infer_ms, persist_ms, batch_size, worker, model_sha256, created_at) SELECT "
+    "'bench', id, 'ok', 'label_' || (id % :labels), id % :labels, (id % 100) / 100.0, 1, 2, 3, "
+    "0.5, 16, 'host:1', repeat('a', 64), now() FROM images"
+)
+EXPLAIN_FIRST_PAGE = (
+    "EXPLAIN ANALYZE SELECT images.id, images.path, images.state, results.* FROM images JOIN "
+    "results ON results.image_id = images.id WHERE results.job_id = 'bench' AND "
+    "results.image_id > 0 AND results.label = 'label_7' ORDER BY results.image_id LIMIT 1000"
+)
 
 
 def timed(sessions, job_id: str, label: str, repeats: int = 7) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -48,26 +68,15 @@ def main() -> None:
         start = time.perf_counter()
         with engine.begin() as conn:
             conn.execute(
-                text(
-                    "INSERT INTO jobs (id, created_at, state, roots, model_path, model_sha256, batch_size, total_images)"
-                    " VALUES ('bench', now(), 'done', '[\"/photos\"]', '/m.onnx', repeat('a', 64), 16, :n)"
-                ),
+                text(INSERT_JOB),
                 {"n": args.rows},
             )
             conn.execute(
-                text(
-                    "INSERT INTO images (job_id, path, state) SELECT 'bench', '/photos/img_' || i || '.jpg', 'done'"
-                    " FROM generate_series(1, :n) AS i"
-                ),
+                text(INSERT_IMAGES),
                 {"n": args.rows},
             )
             conn.execute(
-                text(
-                    "INSERT INTO results (job_id, image_id, status, label, class_index, score, queue_ms, decode_ms,"
-                    " infer_ms, persist_ms, batch_size, worker, model_sha256, created_at)"
-                    " SELECT 'bench', id, 'ok', 'label_' || (id % :labels), id % :labels, (id % 100) / 100.0,"
-                    " 1, 2, 3, 0.5, 16, 'host:1', repeat('a', 64), now() FROM images"
-                ),
+                text(INSERT_RESULTS),
                 {"labels": args.labels},
             )
             conn.execute(text("ANALYZE"))
@@ -76,13 +85,7 @@ def main() -> None:
         )
         sessions = session_factory(engine)
         with engine.connect() as conn:
-            plan = conn.execute(
-                text(
-                    "EXPLAIN ANALYZE SELECT images.id, images.path, images.state, results.* FROM images JOIN results"
-                    " ON results.image_id = images.id WHERE results.job_id = 'bench' AND results.image_id > 0"
-                    " AND results.label = 'label_7' ORDER BY results.image_id LIMIT 1000"
-                )
-            ).all()
+            plan = conn.execute(text(EXPLAIN_FIRST_PAGE)).all()
         print("query plan (first page):")
         for (line,) in plan:
             print("   ", line)
