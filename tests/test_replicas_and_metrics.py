@@ -114,3 +114,26 @@ def _ignore_timeouts(fn: Any, stop: threading.Event) -> None:
             continue
         except OSError:
             continue
+
+
+def test_status_watch_follows_a_job_to_the_end(
+    job_dir: Path, service_env: dict[str, str], start_worker: Any
+) -> None:
+    import subprocess
+    import sys
+
+    submitted = run_cli(["submit", str(job_dir)], service_env)  # queued; nobody works on it yet
+    job_id = submitted.stdout.split()[-1]
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "imgbatch", "status", job_id, "--watch"],
+        env=service_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)
+    assert watch.poll() is None, "--watch returned while the job was pending"
+    start_worker(service_env, concurrency=2)
+    out, err = watch.communicate(timeout=120)
+    assert watch.returncode == 0, err
+    assert "state=done" in out and "pending=0" in out and "240/240" in err
