@@ -1,0 +1,59 @@
+"""How many CPUs this process may really use: its affinity mask and its cgroup's CPU quota.
+
+`os.cpu_count()` reports the host's cores; in a container limited to 2 CPUs on a 64-core host it
+would start 64 pool processes with 64 ORT threads each.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+
+def cgroup_cpu_limit(
+    root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """The CPU quota (in CPUs) of this process's cgroup, or None when unlimited or unknown."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0" and controllers == "":  # cgroup v2
+            for directory in (root / path.lstrip("/"), root):
+                limit = _v2(directory / "cpu.max")
+                if limit is not None:
+                    return limit
+        elif "cpu" in controllers.split(","):  # cgroup v1
+            for base in (root / "cpu" / path.lstrip("/"), root / "cpu", root / "cpu,cpuacct"):
+                limit = _v1(base)
+                if limit is not None:
+                    return limit
+    return None
+
+
+def _v2(cpu_max: Path) -> float | None:
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1(base: Path) -> float | None:
+    try:
+        quota = int((base / "cpu.cfs_quota_us").read_text())
+        period = int((base / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 else quota / period
+
+
+def usable_cpus() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cpus = min(cpus, max(1, math.ceil(limit)))
+    return max(1, cpus)
