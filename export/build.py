@@ -8,24 +8,34 @@ moved into place with ``os.replace`` only after it has been re-opened through
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from export.efficientnet_lite import ARCH, checkpoint_path, file_sha256, load_pretrained
-from export.metadata import write_metadata
-from export.onnx_export import ParityReport, check_parity, export_fp32, load_batch, ort_session
-from export.quantize import QuantConfig, get_preset, quantize_int8
+from export import report as rep
+from export.evalset import (
+    NATURAL_PHOTOS,
+    LabelledSet,
+    calibration_set,
+    list_images,
+    load_eval_dir,
+    natural_eval_set,
+)
+from export.metadata import imagenet_labels, write_metadata
+from export.onnx_export import ParityReport, check_parity, export_any, load_batch, ort_session
+from export.quantize import QuantConfig, get_preset, prepare, quantize_int8
+from export.sources import DEFAULT_ARCH, load_source
 from imgbatch.errors import UserError
 from imgbatch.modelfile import open_session
-from imgbatch.preprocess import PreprocessSpec
-from imgbatch.samples import EXPECTED_CLASSES, make_variants, write_photos
+from imgbatch.samples import write_photos
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,8 @@ class BuildReport:
     seconds: float
     parity: ParityReport
     graph_sha256: str
+    report: dict | None = None  # type: ignore[type-arg]
+    report_text: str = ""
 
     def summary(self) -> str:
         return (
@@ -49,6 +61,11 @@ class BuildReport:
 def quant_json_path(model_path: Path) -> Path:
     """``<dir>/<stem>.quant.json`` beside the model (``x.int8.onnx`` -> ``x.int8.quant.json``)."""
     return model_path.with_suffix(".quant.json")
+
+
+def report_paths(model_path: Path) -> tuple[Path, Path]:
+    """``<stem>.report.md`` and ``<stem>.report.json`` beside the model."""
+    return model_path.with_suffix(".report.md"), model_path.with_suffix(".report.json")
 
 
 def _prepare_output_dir(output: Path) -> None:
@@ -68,77 +85,229 @@ def _prepare_output_dir(output: Path) -> None:
         raise UserError(f"output directory {output.parent} is not writable")
 
 
-def _check_expected_classes(model_path: Path, photo_dir: Path, spec: PreprocessSpec) -> None:
-    # A quantized model that no longer recognises the two unambiguous photos is broken, whatever
-    # its metrics say; refuse to install it.
-    photos = write_photos(photo_dir, sorted(EXPECTED_CLASSES))
-    logits = ort_session(model_path).run(None, {"input": load_batch(photos, spec)})[0]
-    for photo, row in zip(photos, logits, strict=True):
-        top1 = int(np.argmax(row))
-        if top1 not in EXPECTED_CLASSES[photo.stem]:
-            raise UserError(
-                f"quantized model classifies the {photo.stem} photo as class {top1}; expected one of "
-                f"{sorted(EXPECTED_CLASSES[photo.stem])} (try more calibration photos)"
-            )
+@dataclass(frozen=True)
+class ExportOptions:
+    arch: str = DEFAULT_ARCH
+    weights: Path | None = None
+    torchscript: Path | None = None
+    exported: Path | None = None
+    calib_dir: Path | None = None
+    eval_dir: Path | None = None
+    labels_csv: Path | None = None
+    eval_count: int = 200
+    thresholds: rep.Thresholds = rep.Thresholds()
+    gate: bool = True
+    auto: bool = False
+    benchmark: bool = True
+    bench_budget_s: float = 3.0
+    fp32_output: Path | None = None
 
 
-def build_model(
-    output: Path,
-    calib_count: int = 100,
-    seed: int = 0,
-    config: QuantConfig | None = None,
-    fp32_output: Path | None = None,
+def _sizes_mb(path: Path) -> float:
+    return path.stat().st_size / 1e6
+
+
+def _onnx_runner(path: Path, threads: int) -> rep.Runner:
+    session = ort_session(path, threads)
+    return lambda x: session.run(None, {"input": x})[0]
+
+
+def _torch_runner(model: object, threads: int) -> rep.Runner:
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()  # type: ignore[operator,no-any-return]
+
+    return run
+
+
+def _logits(runner: rep.Runner, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    return np.concatenate([runner(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def _bench_rows(
+    rows: dict[str, rep.Row], runners: dict[str, Callable[[int], rep.Runner]], x: np.ndarray, budget: float
+) -> None:
+    for threads in sorted({1, rep.all_cores()}):
+        for batch in (1, 8):
+            xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
+            made = {name: make(threads) for name, make in runners.items()}
+            stats = rep.interleaved_latency(made, xb, budget_s=budget)
+            for name, (p50, p95, runs) in stats.items():
+                rows[name].latency.append(rep.Latency(batch, threads, round(p50, 2), round(p95, 2), runs))
+
+
+def _speed_ratio(fp32: Path, int8: Path, x: np.ndarray, budget: float) -> float:
+    xb = np.ascontiguousarray(np.resize(x, (8, *x.shape[1:])))
+    stats = rep.interleaved_latency(
+        {"fp32": _onnx_runner(fp32, 1), "int8": _onnx_runner(int8, 1)}, xb, budget_s=budget
+    )
+    return stats["fp32"][0] / stats["int8"][0]
+
+
+def export_model(
+    output: Path, config: QuantConfig | None = None, options: ExportOptions | None = None
 ) -> BuildReport:
-    """Build the INT8 model at ``output`` (and ``<stem>.quant.json``); returns what was measured.
-
-    ``calib_count`` and ``seed`` override the preset's calibration set size and variant seed.
-    ``fp32_output``, if given, also keeps the parity-checked FP32 ONNX (without metadata) there.
-    """
+    """Checkpoint -> FP32 ONNX (parity) -> quantized ONNX -> report -> gate -> atomic install."""
     started = time.perf_counter()
+    options = options or ExportOptions()
     output = Path(output).expanduser().absolute()
-    # Validating the recipe first means a bad count fails before any file or directory is touched.
-    config = (config or get_preset()).replace(calib_count=calib_count, calib_seed=seed)
+    config = config or get_preset()
     _prepare_output_dir(output)
-    spec = PreprocessSpec()
+    source = load_source(options.arch, options.weights, options.torchscript, options.exported)
+    spec = source.spec
+    labels = imagenet_labels()
+    calib_paths = list_images(options.calib_dir, "calibration") if options.calib_dir else None
+    evaluation = load_eval_dir(options.eval_dir, options.labels_csv, labels) if options.eval_dir else None
+    if options.labels_csv is not None and options.eval_dir is None:
+        raise UserError("--labels needs --eval DIR: the labelled images")
+    if calib_paths is not None:
+        config = config.replace(calib_count=len(calib_paths))
 
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
     staged_model = work / "model.onnx"
-    staged_json = work / "quant.json"
     try:
-        source = checkpoint_path()
-        model = load_pretrained(source)
-
-        fp32 = export_fp32(model, work / "fp32.onnx", image_size=spec.crop)
+        model = source.model
+        fp32 = export_any(model, work / "fp32.onnx", image_size=spec.crop)
         parity = check_parity(model, fp32, write_photos(work / "photos"), spec)
-        del model
+        if calib_paths is None:
+            calib_paths = calibration_set(work / "calib", config.calib_count, config.calib_seed)
+        if evaluation is None:
+            evaluation = LabelledSet(
+                natural_eval_set(work / "eval", options.eval_count),
+                None,
+                f"natural photos: variants of {', '.join(NATURAL_PHOTOS)}",
+            )
+        x_eval = load_batch(evaluation.paths, spec)
 
-        calib = make_variants(work / "calib", config.calib_count, seed=config.calib_seed)
-        int8 = quantize_int8(fp32, work / "int8.onnx", calib, config, spec)
+        torch_logits = _logits(_torch_runner(model, rep.all_cores()), x_eval)
+        fp32_logits = _logits(_onnx_runner(fp32, rep.all_cores()), x_eval)
+        auto_info = None
+        prepped = prepare(fp32, work / "prepped.onnx")
+        if options.auto and config.mode == "static":
+            from export.auto import search
 
-        proto = onnx.load_model(str(int8))
+            config, auto_info = search(
+                fp32,
+                prepped,
+                work,
+                calib_paths,
+                config,
+                spec,
+                x_eval,
+                torch_logits,
+                options.thresholds,
+                budget=min(options.bench_budget_s, 2.0),
+            )
+        quantized = quantize_int8(
+            fp32,
+            work / "int8.onnx",
+            calib_paths,
+            config,
+            spec,
+            cache_path=work / "calib.cache.json",
+            prepped_path=prepped,
+        )
+
+        proto = onnx.load_model(str(quantized))
         write_metadata(
             proto,
-            arch=ARCH,
+            arch=source.arch,
             quantization_json=config.to_json(),
-            source_sha256=file_sha256(source),
+            source_sha256=source.sha256,
             spec=spec,
+            labels=labels,
         )
         onnx.save_model(proto, str(staged_model))
-        staged_json.write_text(config.to_json() + "\n")
-        # Read back exactly as a worker will; a file workers cannot open must never be installed.
-        _, info = open_session(staged_model)
-        _check_expected_classes(staged_model, work / "check", spec)
+        _, info = open_session(staged_model)  # read back exactly as a worker will
 
-        if fp32_output is not None:
-            shutil.copyfile(fp32, Path(fp32_output))
+        is_int8 = config.mode != "fp32"
+        rows = {
+            "PyTorch eager FP32": rep.Row("PyTorch eager FP32", _sizes_mb(source.path)),
+            "ONNX FP32": rep.Row("ONNX FP32", _sizes_mb(fp32)),
+        }
+        if is_int8:
+            rows["ONNX INT8"] = rep.Row("ONNX INT8", _sizes_mb(staged_model))
+        y = evaluation.labels
+        rep.fill_accuracy(rows["PyTorch eager FP32"], torch_logits, torch_logits, y)
+        rep.fill_accuracy(rows["ONNX FP32"], fp32_logits, torch_logits, y)
+        if is_int8:
+            rep.fill_accuracy(
+                rows["ONNX INT8"],
+                _logits(_onnx_runner(staged_model, rep.all_cores()), x_eval),
+                torch_logits,
+                y,
+            )
+        if options.benchmark:
+            runners: dict[str, Callable[[int], rep.Runner]] = {
+                "PyTorch eager FP32": lambda t: _torch_runner(model, t),
+                "ONNX FP32": lambda t: _onnx_runner(fp32, t),
+            }
+            if is_int8:
+                runners["ONNX INT8"] = lambda t: _onnx_runner(staged_model, t)
+            _bench_rows(rows, runners, x_eval[:8], options.bench_budget_s)
+
+        ratios = []
+        verdict = None
+        if is_int8:
+            for slow in ("ONNX FP32", "PyTorch eager FP32"):
+                r = rep.speedup(rows["ONNX INT8"], rows[slow])
+                if r is not None:
+                    ratios.append(f"INT8 vs {slow}, batch 8, 1 thread: {r:.2f}x images/s")
+            int8_mb, fp32_mb = _sizes_mb(staged_model), _sizes_mb(fp32)
+            ratios.append(f"INT8 file {int8_mb:.2f} MB = {int8_mb / fp32_mb:.1%} of FP32 ONNX")
+            verdict = rep.gate(rows["ONNX FP32"], rows["ONNX INT8"], options.thresholds)
+        gate_passed = verdict is None or verdict.passed
+        report = {
+            "source": source.describe(),
+            "output": str(output)
+            if (gate_passed or not options.gate)
+            else f"{output} (NOT written: gate refused)",
+            "parity": f"max |logit diff| {parity.max_abs_diff:.1e} (tolerance {parity.atol:.0e}), "
+            f"top-1 equal on "
+            f"{parity.top1_agree}/{parity.images} photos",
+            "quantization": config.describe(),
+            "calibration": f"{len(calib_paths)} images"
+            + (
+                f" from {options.calib_dir}"
+                if options.calib_dir
+                else f" (bundled photo variants, seed {config.calib_seed})"
+            ),
+            "evaluation": evaluation.describe() + "; reference for agreement: PyTorch eager FP32",
+            "machine": f"{rep.all_cores()} cores; onnxruntime CPU; latency = p50/p95 of interleaved runs",
+            "rows": [rep.row_dict(r) for r in rows.values()],
+            "ratios": ratios,
+            "auto": auto_info,
+            "gate": None
+            if verdict is None
+            else {
+                "verdict": ("PASSED" if verdict.passed else "REFUSED")
+                + ("" if options.gate else " (gate off)"),
+                "checks": verdict.checks,
+                "thresholds": asdict(options.thresholds),
+            },
+            "config": json.loads(config.to_json()),
+            "graph_sha256": info.graph_sha256,
+            "source_sha256": source.sha256,
+        }
+        md_path, json_path = report_paths(output)
+        text = rep.write_report(report, md_path, json_path)
+        if not gate_passed and options.gate:
+            raise rep.GateRefused(
+                "gate refused the INT8 model, nothing written to "
+                f"{output}: {'; '.join(verdict.failures())} (report: {md_path})"  # type: ignore[union-attr]
+            )
+        if options.fp32_output is not None:
+            shutil.copyfile(fp32, Path(options.fp32_output))
         # The work directory sits beside the target, so os.replace is an atomic rename on one
         # filesystem: readers see the old file or the complete new one, never a partial write.
         os.replace(staged_model, output)
-        # The sidecar is redundant with the model's own metadata, so it is moved after the model:
-        # a crash between the two leaves a complete model with, at worst, a stale sidecar.
         sidecar = quant_json_path(output)
-        os.replace(staged_json, sidecar)
-
+        tmp_json = work / "quant.json"
+        tmp_json.write_text(config.to_json() + "\n")
+        os.replace(tmp_json, sidecar)
         return BuildReport(
             path=output,
             quant_json=sidecar,
@@ -147,12 +316,35 @@ def build_model(
             seconds=time.perf_counter() - started,
             parity=parity,
             graph_sha256=info.graph_sha256,
+            report=report,
+            report_text=text,
         )
     except OSError as exc:
         raise UserError(f"cannot write model to {output}: {exc.strerror or exc}") from exc
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(work)
+
+
+def build_model(
+    output: Path,
+    calib_count: int = 100,
+    seed: int = 0,
+    config: QuantConfig | None = None,
+    fp32_output: Path | None = None,
+    options: ExportOptions | None = None,
+) -> BuildReport:
+    """Build the model at ``output`` (plus ``<stem>.quant.json`` and the report); returns what was measured.
+
+    ``calib_count`` and ``seed`` override the preset's calibration set size and variant seed.
+    ``fp32_output``, if given, also keeps the parity-checked FP32 ONNX (without metadata) there.
+    """
+    # Validating the recipe first means a bad count fails before any file or directory is touched.
+    config = (config or get_preset()).replace(calib_count=calib_count, calib_seed=seed)
+    options = options or ExportOptions()
+    if fp32_output is not None:
+        options = replace(options, fp32_output=fp32_output)
+    return export_model(output, config, options)
 
 
 def build_default_model(output: Path, calib_count: int = 100, seed: int = 0) -> Path:

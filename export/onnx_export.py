@@ -89,6 +89,100 @@ def export_fp32(model: torch.nn.Module, path: Path, image_size: int = 224, opset
     return path
 
 
+def _export_torchscript(model: torch.jit.ScriptModule, image_size: int, opset: int) -> onnx.ModelProto:
+    # torch.export cannot trace a ScriptModule, so the TorchScript exporter does it; the onnxscript
+    # optimizer then folds constants as the dynamo path does.
+    import io
+
+    import onnxscript.optimizer
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 3, image_size, image_size),),
+            buffer,  # type: ignore[arg-type]
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return onnxscript.optimizer.optimize(onnx.load_from_string(buffer.getvalue()))
+
+
+def _export_program(program: torch.export.ExportedProgram, image_size: int, opset: int) -> onnx.ModelProto:
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # torchvision-op registration chatter, as in export_fp32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(
+            program,
+            (torch.zeros(2, 3, image_size, image_size),),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
+    onnx_logger.setLevel(level)
+    if onnx_program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    return onnx_program.model_proto
+
+
+def export_any(model: torch.nn.Module, path: Path, image_size: int = 224, opset: int = OPSET) -> Path:
+    """Export an ``nn.Module``, a TorchScript module or a wrapped ``torch.export`` program to ``path``."""
+    program = getattr(model, "program", None)
+    if isinstance(program, torch.export.ExportedProgram):
+        try:
+            proto = _export_program(program, image_size, opset)
+        except Exception as exc:
+            raise UserError(
+                f"cannot convert the torch.export program to ONNX: {str(exc).strip()[:200]}"
+            ) from exc
+        dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+        if not dim.dim_param:
+            raise UserError(
+                "the torch.export program has a fixed batch size; export it with a dynamic batch "
+                "dimension: dynamic_shapes=({0: torch.export.Dim('batch')},)"
+            )
+    elif isinstance(model, torch.jit.ScriptModule):
+        try:
+            proto = _export_torchscript(model, image_size, opset)
+        except Exception as exc:
+            raise UserError(
+                f"cannot convert the TorchScript model to ONNX: {str(exc).strip()[:200]}"
+            ) from exc
+    else:
+        return export_fp32(model, path, image_size, opset)
+    _rename_io(proto)
+    _strip_node_metadata(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return path
+
+
+def _rename_io(proto: onnx.ModelProto) -> None:
+    """Give the single input and output the contract's names, whatever the source called them."""
+    if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
+        raise UserError(
+            f"the model must take one image tensor and return one logits tensor; it has "
+            f"{len(proto.graph.input)} inputs and {len(proto.graph.output)} outputs"
+        )
+    renames = {proto.graph.input[0].name: INPUT_NAME, proto.graph.output[0].name: OUTPUT_NAME}
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        value.name = renames[value.name]
+    for node in proto.graph.node:
+        for seq in (node.input, node.output):
+            for i, name in enumerate(seq):
+                if name in renames:
+                    seq[i] = renames[name]
+
+
 def ort_session(path: Path, threads: int = 1):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 

@@ -21,6 +21,10 @@ from imgbatch.preprocess import PreprocessSpec, load_tensor
 _FORMATS = ("QDQ", "QOperator")
 _TYPES = ("QInt8", "QUInt8")
 _METHODS = ("MinMax", "Entropy", "Percentile", "Distribution")
+_MODES = ("static", "dynamic", "fp32")
+# Selectors usable in QuantConfig.keep_fp32 besides plain node names of the FP32 graph.
+FIRST_CONV = "first-conv"
+CLASSIFIER = "classifier"
 
 
 class QuantConfigError(UserError):
@@ -44,6 +48,14 @@ class QuantConfig:
     # Without VNNI, u8*s8 products can saturate the 16-bit accumulators of older x86 CPUs; ORT's
     # remedy is 7-bit weights. Off by default: modern CPUs (AVX512-VNNI/AVX-VNNI) are exact.
     reduce_range: bool = False
+    # "static": QDQ with calibrated activations; "dynamic": weights INT8, activations quantized at run
+    # time (no calibration); "fp32": no quantization, the parity-checked FP32 graph is the output.
+    mode: str = "static"
+    # Nodes left in FP32: node names of the exported graph, or "first-conv" / "classifier".
+    keep_fp32: tuple[str, ...] = ()
+    # Shift each conv/gemm bias by -(W_int8 - W) . E[input] (E measured on the calibration photos), so
+    # the rounding error of the INT8 weights does not move the layer's mean output.
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         def bad(field_name: str, why: str) -> QuantConfigError:
@@ -57,9 +69,13 @@ class QuantConfig:
         for name in ("activation_type", "weight_type"):
             if getattr(self, name) not in _TYPES:
                 raise bad(name, f"must be one of {', '.join(_TYPES)}")
+        if self.mode not in _MODES:
+            raise bad("mode", f"must be one of {', '.join(_MODES)}")
+        if not isinstance(self.keep_fp32, tuple) or not all(isinstance(n, str) and n for n in self.keep_fp32):
+            raise bad("keep_fp32", "must be a list of node names (or first-conv, classifier)")
         if self.calibrate_method not in _METHODS:
             raise bad("calibrate_method", f"must be one of {', '.join(_METHODS)}")
-        for name in ("per_channel", "reduce_range"):
+        for name in ("per_channel", "reduce_range", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         for name, low in (("calib_count", 1), ("calib_batch_size", 1), ("calib_seed", 0)):
@@ -80,13 +96,36 @@ class QuantConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise QuantConfigError(f"QuantConfig: unknown field(s) {', '.join(unknown)}")
+        if isinstance(data.get("keep_fp32"), list):
+            data["keep_fp32"] = tuple(data["keep_fp32"])
         return cls(**data)
+
+    def describe(self) -> str:
+        if self.mode == "fp32":
+            return f"{self.name}: FP32 only"
+        if self.mode == "dynamic":
+            parts = [f"dynamic {self.weight_type} weights"]
+        else:
+            parts = [
+                f"static {self.quant_format} {'per-channel' if self.per_channel else 'per-tensor'}",
+                f"{self.activation_type} activations, {self.weight_type} weights, {self.calibrate_method}",
+                f"{self.calib_count} calibration photos",
+            ]
+        if self.bias_correction:
+            parts.append("bias correction")
+        if self.keep_fp32:
+            parts.append(f"FP32: {', '.join(self.keep_fp32)}")
+        return f"{self.name}: {'; '.join(parts)}"
 
 
 PRESETS: dict[str, QuantConfig] = {
     "static-int8-per-channel": QuantConfig(name="static-int8-per-channel"),
+    "static-int8-fp32-ends": QuantConfig(name="static-int8-fp32-ends", keep_fp32=(FIRST_CONV, CLASSIFIER)),
+    "static-int8-bias-corrected": QuantConfig(name="static-int8-bias-corrected", bias_correction=True),
+    "dynamic-int8": QuantConfig(name="dynamic-int8", mode="dynamic"),
+    "fp32": QuantConfig(name="fp32", mode="fp32"),
 }
-DEFAULT_PRESET = "static-int8-per-channel"
+DEFAULT_PRESET = "static-int8-bias-corrected"
 
 
 def get_preset(name: str = DEFAULT_PRESET) -> QuantConfig:
@@ -131,6 +170,49 @@ class PhotoCalibrationReader(_ort_calibration_reader_base()):  # type: ignore[mi
         self._batches = None
 
 
+def quantizable_nodes(model_path: Path) -> list[tuple[str, str]]:
+    """(name, op_type) of the Conv/Gemm/MatMul nodes with constant weights, in graph order."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    weights = {init.name for init in model.graph.initializer}
+    return [
+        (node.name, node.op_type)
+        for node in model.graph.node
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in weights
+    ]
+
+
+def resolve_keep_fp32(model_path: Path, keep: Sequence[str]) -> list[str]:
+    """Node names for ``keep`` (names or the first-conv / classifier selectors); unknown names fail."""
+    nodes = quantizable_nodes(model_path)
+    names = [name for name, _ in nodes]
+    resolved: list[str] = []
+    for item in keep:
+        if item == FIRST_CONV:
+            name = next((n for n, op in nodes if op == "Conv"), None)
+        elif item == CLASSIFIER:
+            name = names[-1] if names else None
+        else:
+            name = item if item in names else None
+            if name is None:
+                raise QuantConfigError(
+                    f"QuantConfig.keep_fp32: no quantizable node {item!r} in the model "
+                    f"(e.g. {', '.join(names[:3])})"
+                )
+        if name is not None and name not in resolved:
+            resolved.append(name)
+    return resolved
+
+
+def prepare(fp32_path: Path, output_path: Path) -> Path:
+    """Shape inference + ORT's basic graph optimizations, as ORT recommends before quantizing."""
+    from onnxruntime.quantization import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(output_path), skip_symbolic_shape=False)
+    return output_path
+
+
 def quantize_int8(
     fp32_path: Path,
     output_path: Path,
@@ -138,23 +220,48 @@ def quantize_int8(
     config: QuantConfig,
     spec: PreprocessSpec | None = None,
     input_name: str = "input",
+    cache_path: Path | None = None,
+    prepped_path: Path | None = None,
 ) -> Path:
-    """quant_pre_process + quantize_static(``config``) of ``fp32_path`` into ``output_path``."""
+    """Quantize ``fp32_path`` into ``output_path`` as ``config`` says (static QDQ, dynamic or copy).
+
+    ``cache_path``: calibration ranges are stored there and reused by later calls with the same
+    calibration set, so a search over ``keep_fp32`` calibrates once. ``prepped_path``: an already
+    pre-processed model (``prepare``) to start from.
+    """
+    import shutil
+
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
         QuantType,
-        quant_pre_process,
+        quantize_dynamic,
         quantize_static,
     )
 
     spec = spec or PreprocessSpec()
+    if config.mode == "fp32":
+        shutil.copyfile(fp32_path, output_path)
+        return output_path
     with tempfile.TemporaryDirectory(prefix="imgbatch-quant-", dir=output_path.parent) as tmp:
-        # Shape inference + ORT's basic graph optimizations first, as ORT recommends: the quantizer
-        # needs every tensor's shape, and fusing before calibration means ranges are measured on
-        # the tensors that will actually be quantized.
-        prepped = Path(tmp) / "prepped.onnx"
-        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
+        # Fusing before calibration means ranges are measured on the tensors that will be quantized.
+        prepped = prepped_path or prepare(fp32_path, Path(tmp) / "prepped.onnx")
+        exclude = resolve_keep_fp32(prepped, config.keep_fp32)
+        if config.mode == "dynamic":
+            quantize_dynamic(
+                str(prepped),
+                str(output_path),
+                per_channel=config.per_channel,
+                reduce_range=config.reduce_range,
+                weight_type=QuantType[config.weight_type],
+                nodes_to_exclude=exclude,
+            )
+            return output_path
+        if config.bias_correction:
+            from export.biascorr import correct_biases
+
+            prepped = correct_biases(prepped, Path(tmp) / "corrected.onnx", calib_paths, spec, input_name)
+            cache_path = None  # the corrected graph has other ranges downstream
         reader = PhotoCalibrationReader(calib_paths, spec, input_name, config.calib_batch_size)
         quantize_static(
             str(prepped),
@@ -166,6 +273,8 @@ def quantize_int8(
             activation_type=QuantType[config.activation_type],
             weight_type=QuantType[config.weight_type],
             calibrate_method=CalibrationMethod[config.calibrate_method],
+            nodes_to_exclude=exclude,
+            calibration_cache_path=str(cache_path) if cache_path else None,
             # No CalibMaxIntermediateOutputs: in this ORT the MinMax calibrator *discards* each full
             # chunk instead of folding it into the ranges, so only the last chunk would count. It is
             # not needed either: MinMax augments the graph with ReduceMin/ReduceMax and keeps only

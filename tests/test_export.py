@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("onnxruntime.quantization")
 
 from export import build as build_mod  # noqa: E402
-from export.build import BuildReport, build_model, quant_json_path  # noqa: E402
+from export.build import BuildReport, ExportOptions, build_model, quant_json_path  # noqa: E402
 from export.efficientnet_lite import checkpoint_path, file_sha256, load_pretrained  # noqa: E402
 from export.metadata import KEY_SOURCE_SHA256, graph_sha256  # noqa: E402
 from export.onnx_export import ParityError, check_parity  # noqa: E402
@@ -30,7 +30,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuildReport, Path]:
     out_dir = tmp_path_factory.mktemp("model")
     fp32 = out_dir / "fp32.onnx"
     # 32 calibration photos keep the build ~10 s; the default of 100 is for real use.
-    report = build_model(out_dir / "efficientnet_lite0.int8.onnx", calib_count=32, seed=0, fp32_output=fp32)
+    # No benchmark and no gate here: this checks the file, not the figures (those are in the report).
+    options = ExportOptions(eval_count=8, benchmark=False, gate=False)
+    report = build_model(
+        out_dir / "efficientnet_lite0.int8.onnx", calib_count=32, seed=0, fp32_output=fp32, options=options
+    )
     return report, fp32
 
 
@@ -120,7 +124,7 @@ def test_failed_build_keeps_previous_model(tmp_path: Path, monkeypatch: pytest.M
         path.write_bytes(b"half a model")
         raise RuntimeError("simulated crash during export")
 
-    monkeypatch.setattr(build_mod, "export_fp32", crash)
+    monkeypatch.setattr(build_mod, "export_any", crash)
     with pytest.raises(RuntimeError, match="simulated"):
         build_model(out, calib_count=1)
     assert out.read_bytes() == b"previous model"

@@ -1,0 +1,121 @@
+"""``--auto``: find the fastest quantization recipe that passes the gate.
+
+1. Sensitivity: for every quantizable layer, quantize everything *except* that layer (calibration
+   ranges are computed once and cached) and measure how much KL divergence to FP32 that saves on a
+   subset of the evaluation photos.
+2. Candidates: the recipe as given, then with the 1, 2, 4 and 8 most sensitive layers kept in FP32,
+   and with first conv + classifier in FP32; each measured on all evaluation photos (top-1 agreement)
+   and for speed against FP32 ONNX at batch 8 on one thread.
+3. Choice: the fastest candidate that meets the agreement threshold (and the speed threshold);
+   if none does, the most accurate one, which the gate will then refuse with its figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export import report as rep
+from export.onnx_export import ort_session
+from export.quantize import CLASSIFIER, FIRST_CONV, QuantConfig, quantizable_nodes, quantize_int8
+from imgbatch.preprocess import PreprocessSpec
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _kl(reference: np.ndarray, logits: np.ndarray) -> float:
+    p = _softmax(reference.astype(np.float64))
+    q = _softmax(logits.astype(np.float64))
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    session = ort_session(path, rep.all_cores())
+    return np.concatenate([session.run(None, {"input": x[i : i + 16]})[0] for i in range(0, len(x), 16)])
+
+
+def search(
+    fp32: Path,
+    prepped: Path,
+    work: Path,
+    calib_paths: Sequence[Path],
+    config: QuantConfig,
+    spec: PreprocessSpec,
+    x_eval: np.ndarray,
+    reference: np.ndarray,
+    thresholds: rep.Thresholds,
+    budget: float = 2.0,
+    subset: int = 64,
+) -> tuple[QuantConfig, dict[str, Any]]:
+    from export.build import _speed_ratio
+
+    base = prepped
+    trial = config
+    if config.bias_correction:
+        from export.biascorr import correct_biases
+
+        # Correct once; the trials then share one calibration cache on the corrected graph.
+        base = correct_biases(prepped, work / "auto.corrected.onnx", calib_paths, spec)
+        trial = config.replace(bias_correction=False)
+    cache = work / "auto.calib.json"
+    out = work / "auto.trial.onnx"
+    xs, refs = x_eval[:subset], reference[:subset]
+
+    def quantize(keep: tuple[str, ...]) -> Path:
+        return quantize_int8(
+            fp32, out, calib_paths, trial.replace(keep_fp32=keep), spec, cache_path=cache, prepped_path=base
+        )
+
+    base_kl = _kl(refs, _run(quantize(()), xs))
+    sensitivity: list[dict[str, Any]] = []
+    for name, op in quantizable_nodes(base):
+        kl = _kl(refs, _run(quantize((name,)), xs))
+        sensitivity.append({"node": name, "op": op, "gain": round(base_kl - kl, 5)})
+    sensitivity.sort(key=lambda item: -float(item["gain"]))
+    helpful = [str(item["node"]) for item in sensitivity if float(item["gain"]) > 0]
+
+    options: list[tuple[str, tuple[str, ...]]] = [("as given", ())]
+    for k in (1, 2, 4, 8):
+        if k <= len(helpful):
+            options.append((f"{k} most sensitive in FP32", tuple(helpful[:k])))
+    options.append(("first conv + classifier in FP32", (FIRST_CONV, CLASSIFIER)))
+    candidates: list[dict[str, Any]] = []
+    for label, keep in options:
+        path = quantize(keep)
+        logits = _run(path, x_eval)
+        agreement = float(np.mean(logits.argmax(1) == reference.argmax(1)))
+        ratio = _speed_ratio(fp32, path, x_eval[:8], budget)
+        passes = agreement >= thresholds.min_agreement and ratio >= thresholds.min_speedup
+        candidates.append(
+            {
+                "name": label,
+                "keep_fp32": list(keep),
+                "agreement": agreement,
+                "speedup": round(ratio, 3),
+                "passes": passes,
+            }
+        )
+        print(f"  --auto: {label}: top-1 agreement {agreement:.1%}, {ratio:.2f}x FP32 ONNX", flush=True)
+    passing = [c for c in candidates if c["passes"]]
+    best = (
+        max(passing, key=lambda c: c["speedup"])
+        if passing
+        else max(candidates, key=lambda c: (c["agreement"], c["speedup"]))
+    )
+    speed0 = candidates[0]["speedup"]
+    chosen = config.replace(name=f"{config.name}+auto", keep_fp32=tuple(best["keep_fp32"]))
+    info = {
+        "base_kl": round(base_kl, 5),
+        "sensitivity": sensitivity,
+        "candidates": candidates,
+        "chosen": f"{best['name']} ({'passes' if best['passes'] else 'best available, fails the gate'}; "
+        f"agreement {best['agreement']:.1%}, {best['speedup']:.2f}x FP32, speed cost vs "
+        f"'as given' {1 - float(best['speedup']) / float(speed0):+.1%})",
+    }
+    return chosen, info
