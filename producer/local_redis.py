@@ -40,50 +40,63 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_redis_server(
+    port: int, workdir: str, password: str | None = None, timeout_s: float = 10.0
+) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:`port` keeping nothing on disk; returns once it answers PING."""
+    binary = redis_server_binary()
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+        "--protected-mode",
+        "yes",
+        "--loglevel",
+        "warning",
+    ]
+    if password:
+        args += ["--requirepass", password]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # Ctrl-C reaches us, not the server; we stop it in order
+    )
+    client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_connect_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return proc
+            except redis.exceptions.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+                    proc.kill()
+                    raise UserError(
+                        f"could not start {binary} on port {port}: {err or 'no answer'}"
+                    ) from None
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
 @contextlib.contextmanager
 def local_redis(start_timeout_s: float = 10.0) -> Iterator[str]:
     """Start redis-server on a free loopback port; yields its URL; shuts it down on exit."""
-    binary = redis_server_binary()
     with tempfile.TemporaryDirectory(prefix="imgbatch-redis-") as workdir:
         port = free_port()
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-                "--protected-mode",
-                "yes",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # Ctrl-C reaches us, not the server; we stop it in order
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
-        deadline = time.monotonic() + start_timeout_s
+        proc = start_redis_server(port, workdir, timeout_s=start_timeout_s)
         try:
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.exceptions.ConnectionError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-                        raise UserError(
-                            f"could not start {binary} on port {port}: {err or 'no answer'}"
-                        ) from None
-                    time.sleep(0.05)
-            yield url
+            yield f"redis://127.0.0.1:{port}/0"
         finally:
             proc.terminate()
             try:
@@ -91,4 +104,3 @@ def local_redis(start_timeout_s: float = 10.0) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            client.close()

@@ -144,6 +144,16 @@ def run_cli(
     )
 
 
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """A user error: exit code 2, exactly one line on stderr naming the problem, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and lines[0].startswith("imgbatch: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
 class WorkerProcess:
     """`imgbatch worker` as a real child process; stopped (or killed) at teardown."""
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from db.engine import make_engine, session_factory
 from db.models import Image, ImageState, Result
-from producer.local_redis import free_port, redis_server_binary
+from producer.local_redis import free_port, start_redis_server
 
 
 class RestartableRedis:
@@ -35,30 +35,7 @@ class RestartableRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = [
-            redis_server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self.dir,
-        ]
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        self.proc = start_redis_server(self.port, self.dir, self.password)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -142,6 +119,17 @@ def children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 out.append(int(entry))
     return out
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`: children, their children, ..."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children(todo.pop()):
+            found.add(child)
+            todo.append(child)
+    return found
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -6,17 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import imgbatch_env, run_cli
+from conftest import assert_one_line_error, imgbatch_env, run_cli
 from producer.local_redis import free_port
-
-
-def _assert_one_line_error(proc, *needles: str) -> None:  # type: ignore[no-untyped-def]
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and lines[0].startswith("imgbatch: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def _onnx_without_metadata(path: Path) -> Path:
@@ -44,47 +35,47 @@ def env(tmp_path: Path, redis_url: str, model_path: Path) -> dict[str, str]:
 
 
 def test_missing_directory(env: dict[str, str], tmp_path: Path) -> None:
-    _assert_one_line_error(run_cli(["submit", str(tmp_path / "nope")], env), "no such directory", "nope")
-    _assert_one_line_error(run_cli(["run", str(tmp_path / "nope")], env), "no such directory")
+    assert_one_line_error(run_cli(["submit", str(tmp_path / "nope")], env), "no such directory", "nope")
+    assert_one_line_error(run_cli(["run", str(tmp_path / "nope")], env), "no such directory")
 
 
 def test_empty_directory(env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
-    _assert_one_line_error(run_cli(["submit", str(tmp_path / "empty")], env), "no images found")
+    assert_one_line_error(run_cli(["submit", str(tmp_path / "empty")], env), "no images found")
 
 
 def test_unreachable_redis_hides_the_password(env: dict[str, str], photo_dir: Path) -> None:
     env["IMGBATCH_REDIS_URL"] = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"
     proc = run_cli(["submit", str(photo_dir)], env)
-    _assert_one_line_error(proc, "cannot reach Redis", "***")
+    assert_one_line_error(proc, "cannot reach Redis", "***")
     assert "s3cret-pw" not in proc.stderr + proc.stdout
-    _assert_one_line_error(run_cli(["worker"], env), "cannot reach Redis")
+    assert_one_line_error(run_cli(["worker"], env), "cannot reach Redis")
 
 
 def test_unreachable_database_hides_the_password(env: dict[str, str], photo_dir: Path) -> None:
     env["IMGBATCH_DATABASE_URL"] = f"postgresql://bob:s3cret-pw@127.0.0.1:{free_port()}/nowhere"
     proc = run_cli(["submit", str(photo_dir)], env)
-    _assert_one_line_error(proc, "cannot use database")
+    assert_one_line_error(proc, "cannot use database")
     assert "s3cret-pw" not in proc.stderr + proc.stdout
-    _assert_one_line_error(run_cli(["status", "latest"], env), "database")
+    assert_one_line_error(run_cli(["status", "latest"], env), "database")
 
 
 def test_missing_model(env: dict[str, str], photo_dir: Path, tmp_path: Path) -> None:
     env["IMGBATCH_MODEL"] = str(tmp_path / "missing.onnx")
-    _assert_one_line_error(run_cli(["submit", str(photo_dir)], env), "model file not found")
-    _assert_one_line_error(run_cli(["run", str(photo_dir)], env), "model file not found")
-    _assert_one_line_error(run_cli(["worker"], env), "model file not found")
+    assert_one_line_error(run_cli(["submit", str(photo_dir)], env), "model file not found")
+    assert_one_line_error(run_cli(["run", str(photo_dir)], env), "model file not found")
+    assert_one_line_error(run_cli(["worker"], env), "model file not found")
 
 
 def test_wrong_model_files(env: dict[str, str], photo_dir: Path, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not a model" * 100)
-    _assert_one_line_error(
+    assert_one_line_error(
         run_cli(["submit", str(photo_dir), "--model", str(garbage)], env), "cannot load model"
     )
     plain = _onnx_without_metadata(tmp_path / "plain.onnx")
-    _assert_one_line_error(
+    assert_one_line_error(
         run_cli(["submit", str(photo_dir), "--model", str(plain)], env),
         "not an imgbatch model",
         "imgbatch.labels",
@@ -92,8 +83,8 @@ def test_wrong_model_files(env: dict[str, str], photo_dir: Path, tmp_path: Path)
 
 
 def test_unknown_job(env: dict[str, str]) -> None:
-    _assert_one_line_error(run_cli(["status", "latest"], env), "no jobs yet")
-    _assert_one_line_error(run_cli(["results", "deadbeef"], env), "no job 'deadbeef'")
+    assert_one_line_error(run_cli(["status", "latest"], env), "no jobs yet")
+    assert_one_line_error(run_cli(["results", "deadbeef"], env), "no job 'deadbeef'")
 
 
 def test_usage_errors_exit_nonzero_without_traceback(env: dict[str, str]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,25 +13,8 @@ from sqlalchemy import func, select
 from conftest import imgbatch_env, run_cli
 from db.engine import make_engine, session_factory
 from db.models import Result
+from faults import descendants
 from imgbatch.samples import make_variants
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -91,7 +73,7 @@ def test_ctrl_c_stops_workers_and_redis(tmp_path: Path, model_path: Path) -> Non
                 started = session.scalar(select(func.count()).select_from(Result)) or 0
         except Exception:  # the schema may not exist yet
             started = 0
-    helpers = _descendants(proc.pid)
+    helpers = descendants(proc.pid)
     assert started and helpers, "run never got going"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)

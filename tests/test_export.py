@@ -15,10 +15,11 @@ pytest.importorskip("onnxruntime.quantization")
 
 from export import build as build_mod  # noqa: E402
 from export.build import BuildReport, ExportOptions, build_model, quant_json_path  # noqa: E402
-from export.efficientnet_lite import checkpoint_path, file_sha256, load_pretrained  # noqa: E402
+from export.efficientnet_lite import checkpoint_path, load_pretrained  # noqa: E402
 from export.metadata import KEY_SOURCE_SHA256, graph_sha256  # noqa: E402
 from export.onnx_export import ParityError, check_parity  # noqa: E402
 from export.quantize import QuantConfig, QuantConfigError, get_preset  # noqa: E402
+from export.sources import file_sha256  # noqa: E402
 from imgbatch.errors import UserError  # noqa: E402
 from imgbatch.modelfile import open_session  # noqa: E402
 from imgbatch.preprocess import PreprocessSpec, load_tensor  # noqa: E402

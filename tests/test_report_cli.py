@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from conftest import imgbatch_env, run_cli
+from conftest import assert_one_line_error, imgbatch_env, run_cli
 from db.engine import ensure_schema, make_engine, session_factory
 from db.models import Image as ImageRow
 from db.queries import add_images, create_job, save_results
@@ -54,15 +54,6 @@ def _synthetic_job(db_url: str, job: str, root: Path, paths: list[str], label_of
         if with_results:
             save_results(session, [_result(job, i, *label_of(i, p)) for i, p in rows])
     engine.dispose()
-
-
-def _assert_one_line_error(proc, *needles: str) -> None:  # type: ignore[no-untyped-def]
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and lines[0].startswith("imgbatch: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture
@@ -171,14 +162,14 @@ def test_a_big_job_embeds_a_bounded_sample(tmp_path: Path, photo_dir: Path) -> N
 
 
 def test_unknown_job(env: dict[str, str], tmp_path: Path) -> None:
-    _assert_one_line_error(run_cli(["report", "-o", str(tmp_path / "r.html")], env), "no jobs yet")
-    _assert_one_line_error(run_cli(["report", "nope", "-o", str(tmp_path / "r.html")], env), "no job 'nope'")
+    assert_one_line_error(run_cli(["report", "-o", str(tmp_path / "r.html")], env), "no jobs yet")
+    assert_one_line_error(run_cli(["report", "nope", "-o", str(tmp_path / "r.html")], env), "no job 'nope'")
     assert not (tmp_path / "r.html").exists()
 
 
 def test_unknown_compare_job(small_job: Path, env: dict[str, str], tmp_path: Path) -> None:
     proc = run_cli(["report", "job1", "--compare", "zzz", "-o", str(tmp_path / "r.html")], env)
-    _assert_one_line_error(proc, "no job 'zzz'")
+    assert_one_line_error(proc, "no job 'zzz'")
 
 
 def test_job_without_results(env: dict[str, str], tmp_path: Path) -> None:
@@ -192,16 +183,16 @@ def test_job_without_results(env: dict[str, str], tmp_path: Path) -> None:
         with_results=False,
     )
     proc = run_cli(["report", "fresh", "-o", str(tmp_path / "r.html")], env)
-    _assert_one_line_error(proc, "has no results yet", "1 images pending")
+    assert_one_line_error(proc, "has no results yet", "1 images pending")
     assert not (tmp_path / "r.html").exists()
 
 
 def test_output_that_cannot_be_written(small_job: Path, env: dict[str, str], tmp_path: Path) -> None:
-    _assert_one_line_error(
+    assert_one_line_error(
         run_cli(["report", "job1", "-o", str(tmp_path / "no" / "such" / "r.html")], env), "no such directory"
     )
-    _assert_one_line_error(run_cli(["report", "job1", "-o", str(tmp_path)], env), "is a directory")
+    assert_one_line_error(run_cli(["report", "job1", "-o", str(tmp_path)], env), "is a directory")
     a_file = small_job / "cat.jpg"
-    _assert_one_line_error(
+    assert_one_line_error(
         run_cli(["report", "job1", "-o", str(a_file / "r.html")], env), "cannot write report"
     )
