@@ -73,9 +73,9 @@ def run(
     new: NewOpt = False,
 ) -> None:
     """Classify directories end to end: private Redis (unless IMGBATCH_REDIS_URL), local workers, SQLite."""
+    from imgbatch.cpus import usable_cpus
     from producer.embedded import run as run_embedded
     from producer.submit import Submitted
-    from worker.runtime import usable_cpus
 
     settings = get_settings()
     dirs: list[str | Path] = list(directories or [])
@@ -515,11 +515,13 @@ def _print_rows(rows, root: str | None = None) -> None:  # type: ignore[no-untyp
 # inside the command function, so `imgbatch --help` and the workers stay light.
 from db.cli import db_app  # noqa: E402
 from export.cli import export_command  # noqa: E402
+from imgbatch.bench.cli import bench_command  # noqa: E402
 from imgbatch.report.cli import report_command  # noqa: E402
 
 app.command("export")(export_command)
 app.add_typer(db_app, name="db")
 app.command("report")(report_command)
+app.command("bench")(bench_command)
 
 
 def main() -> None:

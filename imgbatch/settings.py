@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # None means the model built by the set-up: <data_dir>/models/efficientnet_lite0.int8.onnx.
     model: Path | None = None
-    batch_size: int = Field(default=16, ge=1, le=1024)
+    # Paths per task message. Big messages amortize Celery's per-message cost (16 -> 32 measured
+    # +10 % images/s); the model still runs at most 8 images per call, so memory does not grow.
+    batch_size: int = Field(default=32, ge=1, le=1024)
     queue_name: str = "imgbatch"
     # Back-pressure: the producer keeps at most this many batch messages waiting in Redis.
     max_in_flight: int = Field(default=64, ge=1)

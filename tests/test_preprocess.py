@@ -109,3 +109,136 @@ def test_spec_round_trips_and_validates() -> None:
     assert PreprocessSpec.from_json(SPEC.to_json()) == SPEC
     with pytest.raises(ValueError, match="crop"):
         PreprocessSpec(resize=100, crop=224)
+
+
+# ---------------------------------------------------------------------------- the fast JPEG path
+# Tolerances, in pixel levels of 255 (tensor difference x std x 255): the libjpeg-turbo + OpenCV path
+# decodes to the same pixels as Pillow (same libjpeg, same DCT scaling) and resizes with a filter of
+# the same width, so a photo's tensors differ on average by < 1.5 levels and never by more than 4.
+MEAN_DIFF_PER_IMAGE = 4.0
+MEAN_DIFF_OVER_SET = 1.5
+
+
+def _levels(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean()) * float(np.mean(SPEC.std)) * 255.0
+
+
+def _pillow(path: Path) -> np.ndarray:
+    return to_tensor(open_image(path, SPEC), SPEC)
+
+
+@pytest.fixture(scope="module")
+def real_jpegs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The bundled photos, crops/rescales of them up to 3000 px, a 12 MP upscale, every EXIF orientation."""
+    from imgbatch.samples import load_photo, make_variants, write_photos
+
+    directory = tmp_path_factory.mktemp("fast-jpegs")
+    paths = write_photos(directory) + make_variants(directory / "variants", 40, seed=3, max_side=3000)
+    big = directory / "camera.jpg"
+    load_photo("coffee").resize((4032, 2688), Image.Resampling.BICUBIC).save(big, quality=90)
+    paths.append(big)
+    progressive = directory / "progressive.jpg"
+    load_photo("rocket").save(progressive, quality=85, progressive=True)
+    paths.append(progressive)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = directory / f"motorcycle-orientation-{orientation}.jpg"
+        load_photo("motorcycle").save(path, exif=exif, quality=90)
+        paths.append(path)
+    return paths
+
+
+def test_fast_path_matches_pillow_on_real_photos(real_jpegs: list[Path]) -> None:
+    from imgbatch import preprocess
+
+    diffs = []
+    for path in real_jpegs:
+        fast = preprocess._load_jpeg_fast(path, SPEC, preprocess.DEFAULT_MAX_PIXELS)
+        assert fast is not None, f"{path.name} should take the fast path"
+        assert fast.shape == (3, 224, 224) and fast.dtype == np.float32 and fast.flags.c_contiguous
+        diff = _levels(fast, _pillow(path))
+        assert diff <= MEAN_DIFF_PER_IMAGE, (path.name, diff)
+        diffs.append(diff)
+    assert float(np.mean(diffs)) <= MEAN_DIFF_OVER_SET, diffs
+    # load_tensor takes the fast path for these files.
+    np.testing.assert_array_equal(
+        load_tensor(real_jpegs[0], SPEC), preprocess._load_jpeg_fast(real_jpegs[0], SPEC, 10**9)
+    )
+
+
+def test_exif_orientations_match_pillow(real_jpegs: list[Path]) -> None:
+    from imgbatch.preprocess import exif_orientation
+
+    rotated = [p for p in real_jpegs if "orientation" in p.name]
+    upright = load_tensor(rotated[0], SPEC)
+    for path in rotated:
+        assert exif_orientation(path.read_bytes()) == int(path.stem[-1])
+        # Same pixels as Pillow's exif_transpose, and each orientation really is a different view.
+        assert _levels(load_tensor(path, SPEC), _pillow(path)) <= MEAN_DIFF_PER_IMAGE
+        if path != rotated[0]:
+            assert _levels(load_tensor(path, SPEC), upright) > 5 * MEAN_DIFF_PER_IMAGE
+
+
+def test_fast_and_pillow_give_the_same_top1_on_the_sample_photos(model_path: Path, photo_dir: Path) -> None:
+    """Every sample photo the model is sure about (top-1 probability >= 0.3) keeps its top-1 label.
+
+    The others (astronaut, cells, hubble deep field, retina: no ImageNet class, top-1 below 0.2) flip
+    between neighbouring guesses under any perturbation, even Gaussian noise of half a pixel level.
+    """
+    from imgbatch.modelfile import open_session
+    from imgbatch.samples import EXPECTED_CLASSES
+
+    session, info = open_session(model_path)
+    name = session.get_inputs()[0].name
+    paths = sorted(photo_dir.glob("*.jpg"))
+    logits = session.run(
+        None, {name: np.stack([_pillow(p) for p in paths] + [load_tensor(p, info.preprocess) for p in paths])}
+    )[0]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    pillow, fast = probs[: len(paths)], probs[len(paths) :]
+    confident = [i for i in range(len(paths)) if pillow[i].max() >= 0.3]
+    assert {paths[i].stem for i in confident} >= set(EXPECTED_CLASSES)
+    for i in confident:
+        assert fast[i].argmax() == pillow[i].argmax(), paths[i].name
+    for stem, classes in EXPECTED_CLASSES.items():
+        assert int(fast[[p.stem for p in paths].index(stem)].argmax()) in classes
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_grayscale_and_cmyk_jpegs_fall_back_to_pillow(tmp_path: Path, mode: str) -> None:
+    from imgbatch import preprocess
+
+    path = tmp_path / f"{mode}.jpg"
+    Image.new("RGB", (320, 280), (10, 200, 30)).convert(mode).save(path, "JPEG")
+    assert preprocess._load_jpeg_fast(path, SPEC, preprocess.DEFAULT_MAX_PIXELS) is None
+    np.testing.assert_array_equal(load_tensor(path, SPEC), _pillow(path))
+
+
+def test_fast_path_keeps_the_pixel_limit_and_its_reason(tmp_path: Path) -> None:
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (3000, 2000), (90, 90, 90)).save(path, quality=80)
+    with pytest.raises(ImageDecodeError, match="too many pixels: 3000x2000 exceeds the limit of 1000000"):
+        load_tensor(path, SPEC, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize(
+    "size", [(4000, 3000), (1200, 513), (513, 1200), (2049, 1025), (700, 600), (300, 200)]
+)
+def test_both_decoders_scale_large_jpegs_by_the_same_factor(tmp_path: Path, size: tuple[int, int]) -> None:
+    import simplejpeg
+
+    from imgbatch.preprocess import draft_factor
+
+    path = tmp_path / "scaled.jpg"
+    Image.new("RGB", size, (90, 120, 90)).save(path, quality=80)
+    factor = draft_factor(*size, SPEC)
+    decoded = simplejpeg.decode_jpeg(
+        path.read_bytes(),
+        min_height=-(-size[1] // factor),
+        min_width=-(-size[0] // factor),
+        min_factor=factor,
+    )
+    assert open_image(path, SPEC).size == (decoded.shape[1], decoded.shape[0])
+    assert min(decoded.shape[:2]) >= SPEC.resize or factor == 1

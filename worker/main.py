@@ -6,11 +6,11 @@ import os
 import socket
 
 from db.engine import ensure_schema, make_engine
+from imgbatch.cpus import usable_cpus
 from imgbatch.errors import UserError
 from imgbatch.modelfile import read_model_info
 from imgbatch.settings import get_settings
 from worker.app import check_redis
-from worker.runtime import usable_cpus
 
 
 def start_worker(concurrency: int | None, loglevel: str = "INFO") -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, session_factory
+from imgbatch.cpus import usable_cpus
 from imgbatch.settings import Settings, get_settings
 from worker.classify import Classifier
 
@@ -41,11 +42,6 @@ def ort_threads(settings: Settings) -> int:
         return settings.ort_threads
     processes = max(1, settings.worker_concurrency or 1)
     return max(1, usable_cpus() // processes)
-
-
-def usable_cpus() -> int:
-    # Affinity, not the host's core count: containers and taskset limit what we may use.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def init_runtime() -> WorkerRuntime:

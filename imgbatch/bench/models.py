@@ -1,0 +1,62 @@
+"""The FP32 twin of an INT8 model, carrying the same imgbatch contract, for the INT8-vs-FP32 comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from imgbatch import modelfile
+from imgbatch.errors import UserError
+
+
+def attach_contract(raw_fp32: Path, like: Path, output: Path) -> Path:
+    """Write ``raw_fp32`` to ``output`` with the metadata of the imgbatch model ``like`` (labels,
+    preprocessing, ...), marked unquantized and with its own graph hash. Needs the ``onnx`` package."""
+    try:
+        import onnx
+
+        from export.metadata import graph_sha256
+    except ImportError as exc:
+        raise UserError("the FP32 model needs the export extra: pip install 'imgbatch[export]'") from exc
+    info = modelfile.read_model_info(like)
+    model = onnx.load(str(raw_fp32))
+    props = dict(info.extra)
+    props.update(
+        {
+            modelfile.KEY_FORMAT: modelfile.FORMAT_VERSION,
+            modelfile.KEY_LABELS: json.dumps(info.labels),
+            modelfile.KEY_PREPROCESS: info.preprocess.to_json(),
+            modelfile.KEY_INPUT_SIZE: json.dumps(list(info.input_size)),
+            modelfile.KEY_OUTPUT: info.output,
+            modelfile.KEY_QUANTIZATION: "none",
+        }
+    )
+    del model.metadata_props[:]
+    props[modelfile.KEY_GRAPH_SHA256] = graph_sha256(model)
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, output)
+    return output
+
+
+def ensure_fp32_model(int8_model: Path, output: Path) -> Path:
+    """``output`` if it exists, else export the default model again keeping its FP32 ONNX (slow: a full
+    export, about 20-100 s; needs the export extra) and give it ``int8_model``'s contract."""
+    if output.is_file():
+        return output
+    try:
+        from export.build import build_model
+    except ImportError as exc:
+        raise UserError(
+            "no FP32 model: pass --fp32-model PATH, or install the export extra to build one"
+        ) from exc
+    with tempfile.TemporaryDirectory(prefix="imgbatch-fp32-") as work:
+        raw = Path(work) / "fp32.onnx"
+        build_model(Path(work) / "int8.onnx", fp32_output=raw)
+        return attach_contract(raw, int8_model, output)

@@ -1,0 +1,99 @@
+"""Tables and ratio lines of a benchmark."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+STAGE_NAMES = ("queue", "decode", "infer", "persist")
+QUANTILES = ("p50", "p95", "p99")
+
+# Figures the issue asks for (ratios measured in the same run).
+TARGETS = {
+    "pipeline_vs_bare_pillow": (">=", 1.0),
+    "pipeline_vs_bare_fast": (">=", 0.90),
+    "int8_vs_fp32": (">=", 1.8),
+    "scaling": (">=", 1.8),
+    "peak_rss_mb_batch8": ("<=", 200.0),  # every INT8 run whose onnxruntime batch is 8
+}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0 or not math.isfinite(a) or not math.isfinite(b):
+        return None
+    return a / b
+
+
+def target_checks(figures: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, (op, bound) in TARGETS.items():
+        value = figures.get(name)
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out[name] = {"value": value, "target": f"{op} {bound:g}", "met": met}
+    return out
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def stage_cell(stages: dict[str, dict[str, float]], stage: str) -> str:
+    q = stages.get(stage, {})
+    return "/".join(_fmt(q.get(name), 1) for name in QUANTILES)
+
+
+def pipeline_table(runs: list[dict[str, Any]]) -> str:
+    """One line per run, perf_analyzer style: throughput, stage latency p50/p95/p99, peak RSS per worker."""
+    header = (
+        f"{'model':5} {'workers':>7} {'batch':>5} {'ort':>3} {'images':>6} {'images/s':>9}  "
+        + "  ".join(f"{name + ' p50/p95/p99 ms':>26}" for name in STAGE_NAMES)
+        + f"  {'peak RSS MB/worker':>18}"
+    )
+    lines = [
+        "batch = paths per task message; ort = images per onnxruntime call; latencies are per image",
+        header,
+        "-" * len(header),
+    ]
+    for run in runs:
+        rss = ",".join(f"{v:.0f}" for v in run["peak_rss_mb"]) or "-"
+        lines.append(
+            f"{run['label']:5} {run['workers']:>7} {run['batch_size']:>5} {run['infer_batch']:>3} "
+            f"{run['images']:>6} {run['images_per_s']:>9.1f}  "
+            + "  ".join(f"{stage_cell(run['stages'], name):>26}" for name in STAGE_NAMES)
+            + f"  {rss:>18}"
+        )
+    return "\n".join(lines)
+
+
+def bare_lines(bare: dict[str, dict[str, Any]]) -> list[str]:
+    names = {
+        "model": "bare loop, model only (pre-decoded tensors)",
+        "pillow": "bare loop, Pillow decode + model",
+        "fast": "bare loop, pipeline decode (libjpeg-turbo/OpenCV, Pillow otherwise) + model",
+    }
+    lines = []
+    for mode, result in bare.items():
+        lines.append(
+            f"{names[mode]:<76} {result['images_per_s']:7.1f} images/s  "
+            f"({result['processes']} processes x {result['ort_threads']} ORT thread, batch "
+            f"{result['batch_size']}; decode {result['decode_ms_per_image']:.2f} ms/image, "
+            f"infer {result['infer_ms_per_image']:.2f} ms/image per process)"
+        )
+    return lines
+
+
+def ratio_lines(result: dict[str, Any]) -> list[str]:
+    labels = {
+        "pipeline_vs_bare_pillow": "pipeline / bare loop with Pillow decode",
+        "pipeline_vs_bare_fast": "pipeline / bare loop with the pipeline's decode",
+        "int8_vs_fp32": "INT8 pipeline / FP32 pipeline",
+        "scaling": "scaling: pipeline images/s with {hi} worker processes / with 1",
+        "peak_rss_mb_batch8": "peak RSS per worker process at onnxruntime batch 8 (MB, max)",
+    }
+    lines = []
+    for name, check in result["targets"].items():
+        label = labels[name].format(hi=result["config"]["max_workers"])
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
+        value = _fmt(check["value"], 1 if name == "peak_rss_mb_batch8" else 3)
+        lines.append(f"{label:<66} {value:>8}   target {check['target']:<7} {verdict}")
+    return lines

@@ -1,0 +1,97 @@
+"""`imgbatch bench` on a small set: it runs, its figures are well-formed, and every image of every bench
+job has exactly one result row. No test asserts a time."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+from conftest import imgbatch_env, run_cli
+
+STAGES = {"queue", "decode", "infer", "persist"}
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value) and value > 0
+
+
+def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> None:
+    images = tmp_path / "bench-images"
+    work = tmp_path / "work"
+    # The INT8 model doubles as the "FP32" one: the comparison's code path runs, the ratio is ~1.
+    proc = run_cli(
+        [
+            "bench", str(images), "--images", "40", "--workers", "1", "--batch-sizes", "8",
+            "--model", str(model_path), "--fp32-model", str(model_path), "--work-dir", str(work), "--json",
+        ],
+        imgbatch_env(tmp_path),
+        timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+
+    assert result["image_set"]["images"] == 40 and len(list(images.iterdir())) == 40
+    for mode in ("model", "pillow", "fast"):
+        bare = result["bare"][mode]
+        assert bare["images"] + bare["errors"] == 40 and _positive(bare["images_per_s"]), bare
+    [run] = result["pipeline"]
+    assert (run["label"], run["workers"], run["batch_size"]) == ("int8", 1, 8)
+    assert run["images"] == run["results"] == 40 and run["pending"] == 0
+    assert _positive(run["images_per_s"]) and _positive(run["seconds"])
+    assert set(run["stages"]) == STAGES
+    for stage in STAGES:
+        q = run["stages"][stage]
+        assert 0 <= q["p50"] <= q["p95"] <= q["p99"], (stage, q)
+    assert len(run["peak_rss_mb"]) == 1 and _positive(run["peak_rss_mb"][0])
+    assert result["fp32"]["results"] == 40
+
+    ratios = result["ratios"]
+    for name in ("pipeline_vs_bare_pillow", "pipeline_vs_bare_fast", "int8_vs_fp32", "peak_rss_mb_batch8"):
+        assert _positive(ratios[name]), (name, ratios[name])
+    assert ratios["scaling"] is None  # one worker count: no scaling line
+    assert set(result["targets"]) >= {"pipeline_vs_bare_pillow", "int8_vs_fp32", "scaling"}
+    assert result["one_result_per_image"] is True
+    parity = result["decoder_parity"]
+    assert parity["images"] > 0 and 0 <= parity["top1_agreement"] <= 1
+
+    # Straight from the database the bench kept: one result row per image, for every job.
+    db = Path(result["config"]["database"].removeprefix("sqlite:///"))
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT i.job_id, count(i.id), count(r.id), count(DISTINCT r.image_id) "
+            "FROM images i LEFT JOIN results r ON r.image_id = i.id GROUP BY i.job_id"
+        ).fetchall()
+    assert len(rows) == 4  # warm-up + measured job, for INT8 and FP32
+    for _job, n_images, n_results, distinct in rows:
+        assert n_images == n_results == distinct
+
+    # The text form prints the ratio lines and the table.
+    text = run_cli(
+        ["bench", str(images), "--images", "40", "--workers", "1", "--batch-sizes", "8",
+         "--model", str(model_path), "--no-fp32"],
+        imgbatch_env(tmp_path),
+        timeout=240,
+    )  # fmt: skip
+    assert text.returncode == 0, text.stderr
+    assert "pipeline / bare loop with Pillow decode" in text.stdout
+    assert "peak RSS MB/worker" in text.stdout
+
+
+def test_classifier_runs_big_messages_in_small_inference_batches(model_path: Path, photo_dir: Path) -> None:
+    """A task message may carry more paths than one onnxruntime call takes; results keep their order."""
+    from worker.classify import Classifier
+
+    paths = [str(p) for p in sorted(photo_dir.glob("*.jpg"))]
+    missing = str(photo_dir / "gone.jpg")
+    batch = [paths[0], missing, *paths[1:]]
+    whole = Classifier.load(model_path, 1)
+    chunked = Classifier(whole.session, whole.info, infer_batch=3)
+    a, b = whole.classify(batch), chunked.classify(batch)
+    assert [p.path for p in b] == batch
+    assert b[1].error == "file not found" and b[1].top is None
+    for x, y in zip(a, b, strict=True):
+        assert (x.top is None) == (y.top is None)
+        if x.top and y.top:
+            assert x.top[0][0] == y.top[0][0] and abs(x.top[0][2] - y.top[0][2]) < 1e-4
