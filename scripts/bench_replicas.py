@@ -109,10 +109,11 @@ def main() -> None:
             "IMGBATCH_DATA_DIR": tmp,
             "IMGBATCH_DATABASE_URL": f"sqlite:///{tmp}/imgbatch.db",
         }
-        rates = {}
-        for replicas in (1, 2):
+        rates: dict[int, float] = {}
+        # Alternated and repeated, best of each: the first job also warms caches and the CPU.
+        for replicas in (1, 2, 1, 2):
             rate, seen = run_job(env, job_dir, replicas, Path(tmp))
-            rates[replicas] = rate
+            rates[replicas] = max(rate, rates.get(replicas, 0.0))
             print(
                 f"{replicas} replica(s), one core each: {rate:7.1f} images/s ({seen} worker(s) wrote results)"
             )
