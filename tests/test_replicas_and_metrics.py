@@ -97,6 +97,7 @@ def test_metrics_scrape_and_task_events(
     assert samples['imgbatch_images_total{status="error"}'] == 1
     assert samples['imgbatch_stage_seconds_count{stage="infer"}'] == ok + 1
     assert samples["imgbatch_batches_total"] == 3  # 9 images in batches of 3
+    assert samples['imgbatch_stage_seconds_sum{stage="persist"}'] > 0
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not any(e.get("type") == "task-succeeded" for e in events):

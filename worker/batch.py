@@ -54,7 +54,9 @@ def process_batch(rt: WorkerRuntime, job_id: str, items: list[list[Any]], enqueu
         _row(job_id, int(image_id), pred, queue_ms, len(checked), rt.name, model_sha)
         for (image_id, _), pred in zip(checked, preds, strict=True)
     ]
-    _retrying(lambda: _persist(rt, job_id, rows))
+    persist_ms = _retrying(lambda: _persist(rt, job_id, rows))
+    for row in rows:
+        row["persist_ms"] = persist_ms
     observe_batch(rows)
     return len(rows)
 
@@ -149,8 +151,8 @@ def _row(
     }
 
 
-def _persist(rt: WorkerRuntime, job_id: str, rows: list[dict[str, Any]]) -> None:
-    """Write the batch in one transaction."""
+def _persist(rt: WorkerRuntime, job_id: str, rows: list[dict[str, Any]]) -> float:
+    """Write the batch in one transaction; returns the persist time per image, ms."""
     start = time.perf_counter()
     with rt.sessions.begin() as session:
         save_results(session, rows)
@@ -158,3 +160,4 @@ def _persist(rt: WorkerRuntime, job_id: str, rows: list[dict[str, Any]]) -> None
         per_image_ms = (time.perf_counter() - start) * 1000.0 / len(rows)
         set_persist_ms(session, job_id, [r["image_id"] for r in rows], per_image_ms)
         finish_job_if_complete(session, job_id)
+    return per_image_ms
