@@ -130,11 +130,12 @@ def submit(
     --wait, once every image is done). Re-running it after a crash continues the unfinished job.
     Prints the job id as the last line of stdout.
     """
+    from db.engine import make_engine
     from producer.submit import record_job
 
     settings = get_settings()
     broker_url = _require_redis(settings, "submit")
-    engine = _engine()
+    engine = make_engine(settings.db_url)  # record_job checks Redis and migrates the schema itself
     submitted = record_job(
         list(directories),
         model or settings.model_path,
@@ -145,7 +146,7 @@ def submit(
     )
     verb = "resuming unfinished job" if submitted.resumed else "recorded job"
     err_console.print(f"{verb} {submitted.job_id} with {submitted.images} images")
-    _feed(submitted.job_id, wait)
+    _feed(engine, broker_url, submitted.job_id, wait)
     print(submitted.job_id)
 
 
@@ -155,34 +156,35 @@ def resume(
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job is finished.")] = False,
 ) -> None:
     """Re-enqueue the images of a job that are still pending (e.g. after Redis restarted empty)."""
+    from db.engine import session_factory
     from db.queries import get_job
+    from worker.app import check_redis
 
-    with _session() as session:
+    broker_url = _require_redis(get_settings(), "resume")
+    check_redis(broker_url)
+    engine = _engine()
+    with session_factory(engine)() as session:
         job_id = get_job(session, job).id
-    _feed(job_id, wait)
+    _feed(engine, broker_url, job_id, wait)
     print(job_id)
 
 
 def _require_redis(settings: Settings, command: str) -> str:
+    """The configured broker URL; `submit` and `resume` have no embedded Redis to fall back on."""
     if settings.redis_url is None:
         raise UserError(
             f"IMGBATCH_REDIS_URL is not set: `{command}` feeds running workers "
             "(use `imgbatch run` for the embedded mode)"
         )
-    from worker.app import check_redis
-
-    check_redis(settings.redis_url)
     return settings.redis_url
 
 
-def _feed(job_id: str, wait: bool) -> None:
+def _feed(engine: Engine, broker_url: str, job_id: str, wait: bool) -> None:
     import time
 
     from producer.submit import feed
 
     settings = get_settings()
-    broker_url = _require_redis(settings, "resume")
-    engine = _engine()
     start = time.monotonic()
     if not wait:
         feed(settings, engine, job_id, broker_url, wait=False)
