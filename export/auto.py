@@ -20,7 +20,14 @@ import numpy as np
 
 from export import report as rep
 from export.onnx_export import ort_session
-from export.quantize import CLASSIFIER, FIRST_CONV, QuantConfig, quantizable_nodes, quantize_int8
+from export.quantize import (
+    CLASSIFIER,
+    FIRST_CONV,
+    QuantConfig,
+    quantizable_nodes,
+    quantize_int8,
+    resolve_keep_fp32,
+)
 from imgbatch.preprocess import PreprocessSpec
 
 
@@ -35,8 +42,8 @@ def _kl(reference: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
 
 
-def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    session = ort_session(path, rep.all_cores())
+def _run(path: Path, x: np.ndarray, exact: bool = False) -> np.ndarray:
+    session = ort_session(path, rep.all_cores(), exact)
     return np.concatenate([session.run(None, {"input": x[i : i + 16]})[0] for i in range(0, len(x), 16)])
 
 
@@ -52,30 +59,55 @@ def search(
     thresholds: rep.Thresholds,
     budget: float = 2.0,
     subset: int = 64,
-) -> tuple[QuantConfig, dict[str, Any]]:
-    from export.build import _speed_ratio
+) -> tuple[QuantConfig, dict[str, Any], Path]:
+    """Returns the chosen recipe, what the search saw, and the chosen model file: the very file
+    that was measured, so what ``--auto`` reports is what ships."""
+    from export.build import _speed_ratio, exact_int8
 
-    base = prepped
-    trial = config
+    deltas = {}
     if config.bias_correction:
-        from export.biascorr import correct_biases
+        from export.biascorr import bias_deltas
+        from export.saturation import weight_ranges
 
-        # Correct once; the trials then share one calibration cache on the corrected graph.
-        base = correct_biases(prepped, work / "auto.corrected.onnx", calib_paths, spec)
-        trial = config.replace(bias_correction=False)
+        ranges = weight_ranges(prepped) if config.saturation_safe and not config.reduce_range else {}
+        # Measured once: each node's shift depends only on that node, so a trial that keeps nodes in
+        # FP32 just leaves their biases alone (apply_bias_deltas(skip=...)).
+        deltas = bias_deltas(
+            prepped,
+            calib_paths,
+            spec,
+            reduce_range=config.reduce_range,
+            bounds={n: r.bound for n, r in ranges.items()},
+        )
+    trial = config.replace(bias_correction=False)
+    exact = exact_int8(config)
     cache = work / "auto.calib.json"
-    out = work / "auto.trial.onnx"
     xs, refs = x_eval[:subset], reference[:subset]
 
-    def quantize(keep: tuple[str, ...]) -> Path:
+    def quantize(keep: tuple[str, ...], out: Path, cached: bool) -> Path:
+        from export.biascorr import apply_bias_deltas
+
+        base = prepped
+        if deltas:
+            skip = resolve_keep_fp32(prepped, keep)
+            base = apply_bias_deltas(prepped, work / "auto.base.onnx", deltas, skip=skip)
         return quantize_int8(
-            fp32, out, calib_paths, trial.replace(keep_fp32=keep), spec, cache_path=cache, prepped_path=base
+            fp32,
+            out,
+            calib_paths,
+            trial.replace(keep_fp32=keep),
+            spec,
+            # The sensitivity scan reuses the first calibration's ranges (they barely move when one
+            # layer stays FP32); each final candidate is calibrated afresh, as it will ship.
+            cache_path=cache if cached else None,
+            prepped_path=base,
         )
 
-    base_kl = _kl(refs, _run(quantize(()), xs))
+    scan = work / "auto.scan.onnx"
+    base_kl = _kl(refs, _run(quantize((), scan, True), xs, exact))
     sensitivity: list[dict[str, Any]] = []
-    for name, op in quantizable_nodes(base):
-        kl = _kl(refs, _run(quantize((name,)), xs))
+    for name, op in quantizable_nodes(prepped):
+        kl = _kl(refs, _run(quantize((name,), scan, True), xs, exact))
         sensitivity.append({"node": name, "op": op, "gain": round(base_kl - kl, 5)})
     sensitivity.sort(key=lambda item: -float(item["gain"]))
     helpful = [str(item["node"]) for item in sensitivity if float(item["gain"]) > 0]
@@ -86,11 +118,11 @@ def search(
             options.append((f"{k} most sensitive in FP32", tuple(helpful[:k])))
     options.append(("first conv + classifier in FP32", (FIRST_CONV, CLASSIFIER)))
     candidates: list[dict[str, Any]] = []
-    for label, keep in options:
-        path = quantize(keep)
-        logits = _run(path, x_eval)
+    for i, (label, keep) in enumerate(options):
+        path = quantize(keep, work / f"auto.candidate{i}.onnx", False)
+        logits = _run(path, x_eval, exact)
         agreement = float(np.mean(logits.argmax(1) == reference.argmax(1)))
-        ratio = _speed_ratio(fp32, path, x_eval[:8], budget)
+        ratio = _speed_ratio(fp32, path, x_eval[:8], budget, exact)
         passes = agreement >= thresholds.min_agreement and ratio >= thresholds.min_speedup
         candidates.append(
             {
@@ -99,6 +131,7 @@ def search(
                 "agreement": agreement,
                 "speedup": round(ratio, 3),
                 "passes": passes,
+                "path": str(path),
             }
         )
         print(f"  --auto: {label}: top-1 agreement {agreement:.1%}, {ratio:.2f}x FP32 ONNX", flush=True)
@@ -113,9 +146,9 @@ def search(
     info = {
         "base_kl": round(base_kl, 5),
         "sensitivity": sensitivity,
-        "candidates": candidates,
+        "candidates": [{k: v for k, v in c.items() if k != "path"} for c in candidates],
         "chosen": f"{best['name']} ({'passes' if best['passes'] else 'best available, fails the gate'}; "
         f"agreement {best['agreement']:.1%}, {best['speedup']:.2f}x FP32, speed cost vs "
         f"'as given' {1 - float(best['speedup']) / float(speed0):+.1%})",
     }
-    return chosen, info
+    return chosen, info, Path(best["path"])

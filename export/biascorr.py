@@ -50,20 +50,30 @@ def _input_means(
     return {name: value / count for name, value in sums.items()}
 
 
-def _quantized(w: np.ndarray) -> np.ndarray:
-    """Per-output-channel (axis 0) symmetric INT8 round trip of ``w``."""
-    flat = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-    scale = np.where(flat > 0, flat / 127.0, 1.0).reshape((-1,) + (1,) * (w.ndim - 1))
-    return np.clip(np.round(w / scale), -127, 127) * scale
+def _quantized(w: np.ndarray, qmax: int = 127, bound: np.ndarray | None = None) -> np.ndarray:
+    """Per-output-channel (axis 0) symmetric round trip of ``w`` to integers in [-qmax, qmax].
+
+    ``bound``: the per-channel range (scale = bound / qmax) when it is not max|w| (export.saturation).
+    """
+    flat = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) if bound is None else bound
+    scale = np.where(flat > 0, flat / qmax, 1.0).reshape((-1,) + (1,) * (w.ndim - 1))
+    return np.clip(np.round(w / scale), -qmax, qmax) * scale
 
 
-def correct_biases(
+def bias_deltas(
     model_path: Path,
-    output_path: Path,
     calib_paths: Sequence[Path],
     spec: PreprocessSpec,
     input_name: str = "input",
-) -> Path:
+    reduce_range: bool = False,
+    bounds: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The mean output shift ``dW . E[x]`` of each Conv/Gemm with a bias, by node name.
+
+    ``reduce_range``: 7-bit weights (ORT's option); ``bounds``: per-channel ranges by weight name.
+    Each shift depends only on its own node and the FP32 input means, so any subset may be applied.
+    """
+    bounds = bounds or {}
     model = onnx.load(str(model_path))
     inits = {init.name: init for init in model.graph.initializer}
     nodes = [
@@ -72,24 +82,39 @@ def correct_biases(
         if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[1] in inits and n.input[2] in inits
     ]
     means = _input_means(model_path, sorted({n.input[0] for n in nodes}), calib_paths, spec, input_name)
+    qmax = 63 if reduce_range else 127
+    deltas: dict[str, np.ndarray] = {}
     for node in nodes:
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        bound = bounds.get(node.input[1])
         mean = means[node.input[0]]
         if node.op_type == "Gemm":
             attrs = {a.name: a.i for a in node.attribute}
             if attrs.get("transA", 0):
                 continue
             w_out_in = w if attrs.get("transB", 0) else w.T
-            delta = (_quantized(w_out_in) - w_out_in) @ mean
+            deltas[node.name] = (_quantized(w_out_in, qmax, bound) - w_out_in) @ mean
         else:
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            err = (_quantized(w) - w).sum(axis=(2, 3))  # (out, in / group)
+            err = (_quantized(w, qmax, bound) - w).sum(axis=(2, 3))  # (out, in / group)
             cin, out_per_group = w.shape[1], w.shape[0] // group
             groups_of = np.arange(w.shape[0]) // out_per_group
             x_mean = mean.reshape(group, cin)[groups_of]  # (out, in / group)
-            delta = (err * x_mean).sum(axis=1)
-        bias = inits[node.input[2]]
-        corrected = numpy_helper.to_array(bias).astype(np.float64) - delta
-        bias.CopyFrom(numpy_helper.from_array(corrected.astype(np.float32), bias.name))
+            deltas[node.name] = (err * x_mean).sum(axis=1)
+    return deltas
+
+
+def apply_bias_deltas(
+    model_path: Path, output_path: Path, deltas: dict[str, np.ndarray], skip: Sequence[str] = ()
+) -> Path:
+    """Write ``model_path`` with ``b - delta`` for every node in ``deltas`` but those in ``skip``
+    (nodes left in FP32 keep their exact weights, so their bias stays)."""
+    model = onnx.load(str(model_path))
+    inits = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name in deltas and node.name not in skip:
+            bias = inits[node.input[2]]
+            corrected = numpy_helper.to_array(bias).astype(np.float64) - deltas[node.name]
+            bias.CopyFrom(numpy_helper.from_array(corrected.astype(np.float32), bias.name))
     onnx.save(model, str(output_path))
     return output_path

@@ -33,8 +33,9 @@ from export.metadata import imagenet_labels, write_metadata
 from export.onnx_export import ParityReport, check_parity, export_any, load_batch, ort_session
 from export.quantize import QuantConfig, get_preset, prepare, quantize_int8
 from export.sources import DEFAULT_ARCH, load_source
+from imgbatch.cpus import int8_pairs_saturate
 from imgbatch.errors import UserError
-from imgbatch.modelfile import open_session
+from imgbatch.modelfile import open_session, quantization_is_saturation_safe
 from imgbatch.samples import write_photos
 
 
@@ -107,8 +108,8 @@ def _sizes_mb(path: Path) -> float:
     return path.stat().st_size / 1e6
 
 
-def _onnx_runner(path: Path, threads: int) -> rep.Runner:
-    session = ort_session(path, threads)
+def _onnx_runner(path: Path, threads: int, exact_int8: bool = False) -> rep.Runner:
+    session = ort_session(path, threads, exact_int8)
     return lambda x: session.run(None, {"input": x})[0]
 
 
@@ -139,10 +140,15 @@ def _bench_rows(
                 rows[name].latency.append(rep.Latency(batch, threads, round(p50, 2), round(p95, 2), runs))
 
 
-def _speed_ratio(fp32: Path, int8: Path, x: np.ndarray, budget: float) -> float:
+def exact_int8(config: QuantConfig) -> bool:
+    """Whether workers on this CPU will run ``config``'s model on ORT's exact INT8 kernels (modelfile)."""
+    return not quantization_is_saturation_safe(config.to_json()) and int8_pairs_saturate()
+
+
+def _speed_ratio(fp32: Path, int8: Path, x: np.ndarray, budget: float, exact: bool = False) -> float:
     xb = np.ascontiguousarray(np.resize(x, (8, *x.shape[1:])))
     stats = rep.interleaved_latency(
-        {"fp32": _onnx_runner(fp32, 1), "int8": _onnx_runner(int8, 1)}, xb, budget_s=budget
+        {"fp32": _onnx_runner(fp32, 1), "int8": _onnx_runner(int8, 1, exact)}, xb, budget_s=budget
     )
     return stats["fp32"][0] / stats["int8"][0]
 
@@ -178,7 +184,8 @@ def export_model(
             evaluation = LabelledSet(
                 natural_eval_set(work / "eval", options.eval_count),
                 None,
-                f"natural photos: variants of {', '.join(NATURAL_PHOTOS)}",
+                f"natural photos: variants of {len(NATURAL_PHOTOS)} photos "
+                f"({', '.join(NATURAL_PHOTOS[:6])}, ...)",
             )
         x_eval = load_batch(evaluation.paths, spec)
 
@@ -186,10 +193,11 @@ def export_model(
         fp32_logits = _logits(_onnx_runner(fp32, rep.all_cores()), x_eval)
         auto_info = None
         prepped = prepare(fp32, work / "prepped.onnx")
+        quantized = None
         if options.auto and config.mode == "static":
             from export.auto import search
 
-            config, auto_info = search(
+            config, auto_info, quantized = search(
                 fp32,
                 prepped,
                 work,
@@ -201,15 +209,16 @@ def export_model(
                 options.thresholds,
                 budget=min(options.bench_budget_s, 2.0),
             )
-        quantized = quantize_int8(
-            fp32,
-            work / "int8.onnx",
-            calib_paths,
-            config,
-            spec,
-            cache_path=work / "calib.cache.json",
-            prepped_path=prepped,
-        )
+        if quantized is None:
+            quantized = quantize_int8(
+                fp32,
+                work / "int8.onnx",
+                calib_paths,
+                config,
+                spec,
+                cache_path=work / "calib.cache.json",
+                prepped_path=prepped,
+            )
 
         proto = onnx.load_model(str(quantized))
         write_metadata(
@@ -224,6 +233,7 @@ def export_model(
         _, info = open_session(staged_model)  # read back exactly as a worker will
 
         is_int8 = config.mode != "fp32"
+        exact = exact_int8(config)
         rows = {
             "PyTorch eager FP32": rep.Row("PyTorch eager FP32", _sizes_mb(source.path)),
             "ONNX FP32": rep.Row("ONNX FP32", _sizes_mb(fp32)),
@@ -236,7 +246,7 @@ def export_model(
         if is_int8:
             rep.fill_accuracy(
                 rows["ONNX INT8"],
-                _logits(_onnx_runner(staged_model, rep.all_cores()), x_eval),
+                _logits(_onnx_runner(staged_model, rep.all_cores(), exact), x_eval),
                 torch_logits,
                 y,
             )
@@ -246,7 +256,7 @@ def export_model(
                 "ONNX FP32": lambda t: _onnx_runner(fp32, t),
             }
             if is_int8:
-                runners["ONNX INT8"] = lambda t: _onnx_runner(staged_model, t)
+                runners["ONNX INT8"] = lambda t: _onnx_runner(staged_model, t, exact)
             _bench_rows(rows, runners, x_eval[:8], options.bench_budget_s)
 
         ratios = []
@@ -276,7 +286,15 @@ def export_model(
                 else f" (bundled photo variants, seed {config.calib_seed})"
             ),
             "evaluation": evaluation.describe() + "; reference for agreement: PyTorch eager FP32",
-            "machine": f"{rep.all_cores()} cores; onnxruntime CPU; latency = p50/p95 of interleaved runs",
+            "machine": f"{rep.all_cores()} cores, "
+            + (
+                "x86 without VNNI"
+                if int8_pairs_saturate()
+                else "INT8 sums exact in 32 bits (VNNI or not x86)"
+            )
+            + "; onnxruntime CPU"
+            + ("; INT8 on ORT's exact u8u8 kernels (model not saturation-safe)" if is_int8 and exact else "")
+            + "; latency = p50/p95 of interleaved runs",
             "rows": [rep.row_dict(r) for r in rows.values()],
             "ratios": ratios,
             "auto": auto_info,

@@ -35,8 +35,8 @@ def export_command(
     preset: Annotated[
         str | None,
         typer.Option(
-            help="Quantization preset (static-int8-per-channel, static-int8-bias-corrected, "
-            "static-int8-fp32-ends, dynamic-int8, fp32)."
+            help="Quantization preset (static-int8-percentile-bias-corrected, static-int8-per-channel, "
+            "static-int8-bias-corrected, static-int8-fp32-ends, dynamic-int8, fp32)."
         ),
     ] = None,
     keep_fp32: Annotated[
@@ -57,7 +57,7 @@ def export_command(
     ] = 200,
     min_agreement: Annotated[
         float | None,
-        typer.Option(help="Gate: minimum INT8 top-1 agreement with FP32 (0.90; 0.985 with --auto)."),
+        typer.Option(help="Gate: minimum INT8 top-1 agreement with FP32 (0.95; 0.985 with --auto)."),
     ] = None,
     max_top1_drop: Annotated[float, typer.Option(help="Gate: maximum top-1 accuracy drop (labels).")] = 0.01,
     min_speedup: Annotated[

@@ -1,13 +1,14 @@
 """Calibration and evaluation photos, made offline, and user-given image directories with labels.
 
-Default sets are JPEG variants (crop, flip, rescale, quality) of the photos bundled with scikit-image
-(``imgbatch.samples.make_variants``), so nothing is downloaded:
+Default sets are JPEG variants (crop, flip, rescale, quality) of real photos that ship with the
+package (``imgbatch.samples``), so nothing is downloaded:
 
-* calibration: ``calib_count`` variants of all bundled photos, seed ``calib_seed`` (0);
-* evaluation ("natural photos"): ``eval_count`` variants of the five natural colour photos
-  (cat, coffee, astronaut, rocket, motorcycle) with a different seed (``EVAL_SEED``) and a shorter
-  side of at least 256 px (a photo, not a thumbnail upscaled 1.6x). The microscope / telescope /
-  fundus samples (cells, hubble, retina) are not natural photos and stay out of it.
+* calibration: ``calib_count`` variants of all photos (scikit-image's and the 32 bundled ones),
+  seed ``calib_seed`` (0);
+* evaluation ("natural photos"): ``eval_count`` variants of the 37 natural photos (scikit-image's
+  cat, coffee, astronaut, rocket, motorcycle and the bundled ones) with a different seed
+  (``EVAL_SEED``) and a longer side of at least 320 px (a photo, not an upscaled thumbnail).
+  scikit-image's microscope / telescope / fundus samples are not natural photos and stay out of it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgbatch.errors import UserError
-from imgbatch.samples import make_variants
+from imgbatch.samples import bundled_photo_names, make_variants, natural_photo_names, photo_names
 
-NATURAL_PHOTOS = ["cat", "coffee", "astronaut", "rocket", "motorcycle"]
+NATURAL_PHOTOS = natural_photo_names()
 EVAL_SEED = 1001
 EVAL_MIN_SIDE = 320
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -30,7 +31,7 @@ def natural_eval_set(directory: Path, count: int, seed: int = EVAL_SEED) -> list
 
 
 def calibration_set(directory: Path, count: int, seed: int) -> list[Path]:
-    return make_variants(directory, count, seed=seed)
+    return make_variants(directory, count, seed=seed, names=photo_names() + bundled_photo_names())
 
 
 def list_images(directory: Path, what: str) -> list[Path]:

@@ -183,13 +183,13 @@ def _rename_io(proto: onnx.ModelProto) -> None:
                     seq[i] = renames[name]
 
 
-def ort_session(path: Path, threads: int = 1):  # type: ignore[no-untyped-def]
+def ort_session(path: Path, threads: int = 1, exact_int8: bool = False):  # type: ignore[no-untyped-def]
+    """A session with the workers' options (``exact_int8``: ORT's non-saturating INT8 kernels)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    from imgbatch.modelfile import session_options
+
+    options = session_options(threads, exact_int8)
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

@@ -56,6 +56,11 @@ class QuantConfig:
     # Shift each conv/gemm bias by -(W_int8 - W) . E[input] (E measured on the calibration photos), so
     # the rounding error of the INT8 weights does not move the layer's mean output.
     bias_correction: bool = False
+    # Weight scales chosen so that ORT's u8s8 kernels on x86 CPUs without VNNI (AVX2, AVX-512
+    # without VNNI) cannot saturate their 16-bit pair sums (export.saturation). Off, the model is only
+    # exact on VNNI CPUs; workers elsewhere then switch ORT to its slower exact kernels
+    # (imgbatch.modelfile).
+    saturation_safe: bool = True
 
     def __post_init__(self) -> None:
         def bad(field_name: str, why: str) -> QuantConfigError:
@@ -75,7 +80,7 @@ class QuantConfig:
             raise bad("keep_fp32", "must be a list of node names (or first-conv, classifier)")
         if self.calibrate_method not in _METHODS:
             raise bad("calibrate_method", f"must be one of {', '.join(_METHODS)}")
-        for name in ("per_channel", "reduce_range", "bias_correction"):
+        for name in ("per_channel", "reduce_range", "bias_correction", "saturation_safe"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         for name, low in (("calib_count", 1), ("calib_batch_size", 1), ("calib_seed", 0)):
@@ -111,6 +116,8 @@ class QuantConfig:
                 f"{self.activation_type} activations, {self.weight_type} weights, {self.calibrate_method}",
                 f"{self.calib_count} calibration photos",
             ]
+        if self.saturation_safe and not self.reduce_range:
+            parts.append("saturation-safe weight scales")
         if self.bias_correction:
             parts.append("bias correction")
         if self.keep_fp32:
@@ -122,10 +129,16 @@ PRESETS: dict[str, QuantConfig] = {
     "static-int8-per-channel": QuantConfig(name="static-int8-per-channel"),
     "static-int8-fp32-ends": QuantConfig(name="static-int8-fp32-ends", keep_fp32=(FIRST_CONV, CLASSIFIER)),
     "static-int8-bias-corrected": QuantConfig(name="static-int8-bias-corrected", bias_correction=True),
+    # Percentile (99.999th) ranges clip the rare outliers that MinMax stretches the projection
+    # outputs' 8 bits for; measured on 400 natural photos: MinMax + bias correction 95.8% top-1
+    # agreement with FP32, Percentile + bias correction 96.5-97.0% (calibration seeds 0 and 1).
+    "static-int8-percentile-bias-corrected": QuantConfig(
+        name="static-int8-percentile-bias-corrected", calibrate_method="Percentile", bias_correction=True
+    ),
     "dynamic-int8": QuantConfig(name="dynamic-int8", mode="dynamic"),
     "fp32": QuantConfig(name="fp32", mode="fp32"),
 }
-DEFAULT_PRESET = "static-int8-bias-corrected"
+DEFAULT_PRESET = "static-int8-percentile-bias-corrected"
 
 
 def get_preset(name: str = DEFAULT_PRESET) -> QuantConfig:
@@ -159,6 +172,10 @@ class PhotoCalibrationReader(_ort_calibration_reader_base()):  # type: ignore[mi
     def _generate(self) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self.paths), self.batch_size):
             chunk = self.paths[start : start + self.batch_size]
+            if len(chunk) < self.batch_size and len(self.paths) >= self.batch_size:
+                # Fill a short last batch with the first photos: ORT's histogram calibrators
+                # (Percentile, Entropy) stack the per-batch outputs and fail on a ragged last batch.
+                chunk = chunk + self.paths[: self.batch_size - len(chunk)]
             yield {self.input_name: np.stack([load_tensor(p, self.spec) for p in chunk])}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -231,13 +248,15 @@ def quantize_int8(
     """
     import shutil
 
-    from onnxruntime.quantization import (
+    from onnxruntime.quantization import (  # noqa: I001
         CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_dynamic,
         quantize_static,
     )
+
+    from export.saturation import tensor_overrides
 
     spec = spec or PreprocessSpec()
     if config.mode == "fp32":
@@ -257,10 +276,23 @@ def quantize_int8(
                 nodes_to_exclude=exclude,
             )
             return output_path
-        if config.bias_correction:
-            from export.biascorr import correct_biases
+        ranges = {}
+        if config.saturation_safe and not config.reduce_range:
+            from export.saturation import weight_ranges
 
-            prepped = correct_biases(prepped, Path(tmp) / "corrected.onnx", calib_paths, spec, input_name)
+            ranges = weight_ranges(prepped, skip=set(exclude))
+        if config.bias_correction:
+            from export.biascorr import apply_bias_deltas, bias_deltas
+
+            deltas = bias_deltas(
+                prepped,
+                calib_paths,
+                spec,
+                input_name,
+                reduce_range=config.reduce_range,
+                bounds={name: r.bound for name, r in ranges.items()},
+            )
+            prepped = apply_bias_deltas(prepped, Path(tmp) / "corrected.onnx", deltas, skip=exclude)
             cache_path = None  # the corrected graph has other ranges downstream
         reader = PhotoCalibrationReader(calib_paths, spec, input_name, config.calib_batch_size)
         quantize_static(
@@ -274,6 +306,7 @@ def quantize_int8(
             weight_type=QuantType[config.weight_type],
             calibrate_method=CalibrationMethod[config.calibrate_method],
             nodes_to_exclude=exclude,
+            extra_options={"TensorQuantOverrides": tensor_overrides(ranges)},
             calibration_cache_path=str(cache_path) if cache_path else None,
             # No CalibMaxIntermediateOutputs: in this ORT the MinMax calibrator *discards* each full
             # chunk instead of folding it into the ranges, so only the last chunk would count. It is

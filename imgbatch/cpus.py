@@ -57,3 +57,26 @@ def usable_cpus() -> int:
     if limit is not None:
         cpus = min(cpus, max(1, math.ceil(limit)))
     return max(1, cpus)
+
+
+# CPU flags with which ORT's u8s8 kernels sum in 32 bits (no 16-bit saturation).
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"}
+
+
+def int8_pairs_saturate(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True on x86 CPUs without VNNI: ORT's u8s8 kernels there add product pairs in saturating 16 bits.
+
+    See export.saturation. Unknown CPUs (no /proc/cpuinfo flags) and other architectures: False.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return not (_VNNI_FLAGS & set(line.split(":", 1)[1].split()))
+    return False

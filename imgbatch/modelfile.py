@@ -39,6 +39,15 @@ class ModelInfo:
     quantization: str = "none"
     extra: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def int8_saturation_safe(self) -> bool:
+        """False for INT8 models whose products can saturate ORT's 16-bit pair sums on non-VNNI x86.
+
+        Models made by ``imgbatch export`` with ``saturation_safe`` (the default) or 7-bit weights
+        (``reduce_range``) cannot; FP32 models have nothing to saturate; anything else might.
+        """
+        return quantization_is_saturation_safe(self.quantization)
+
     @classmethod
     def from_metadata(cls, path: Path, meta: dict[str, str]) -> ModelInfo:
         missing = [key for key in REQUIRED_KEYS if key not in meta]
@@ -74,15 +83,22 @@ class ModelInfo:
         )
 
 
-def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]:
-    """Load an ONNX model with onnxruntime and read its contract. Errors are ModelFileError."""
+def quantization_is_saturation_safe(quantization_json: str) -> bool:
+    try:
+        config = json.loads(quantization_json)
+    except ValueError:
+        return quantization_json == "none"
+    if not isinstance(config, dict) or config.get("mode") == "fp32":
+        return True
+    if config.get("reduce_range"):
+        return True
+    return config.get("mode") == "static" and bool(config.get("saturation_safe"))
+
+
+def session_options(intra_op_threads: int = 1, exact_int8: bool = False) -> Any:
+    """onnxruntime SessionOptions as workers use them; export measures with the same ones."""
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(
-            f"model file not found: {path} (build it with `imgbatch export`, or set IMGBATCH_MODEL)"
-        )
     options = ort.SessionOptions()
     # Set explicitly: ORT's default takes every core per session, and N worker processes would
     # then oversubscribe the CPU (onnxruntime#23747).
@@ -95,12 +111,51 @@ def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]
     # did not lower peak RSS (the arena holds about one batch of activations, ~20-30 MB).
     options.enable_cpu_mem_arena = True
     options.enable_mem_pattern = True
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types for malformed files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"cannot load model {path}: {first_line}") from exc
+    options.log_severity_level = 3
+    if exact_int8:
+        # ORT's u8u8 kernels: exact on every x86 CPU, slower than u8s8 without VNNI (export.saturation).
+        options.add_session_config_entry("session.x64quantprecision", "1")
+    return options
+
+
+def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]:
+    """Load an ONNX model with onnxruntime and read its contract. Errors are ModelFileError.
+
+    An INT8 model that is not saturation-safe, on an x86 CPU without VNNI, is loaded with ORT's exact
+    (slower) kernels rather than let 16-bit sums clip silently, and a warning says so.
+    """
+    import logging
+
+    import onnxruntime as ort
+
+    from imgbatch.cpus import int8_pairs_saturate
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"model file not found: {path} (build it with `imgbatch export`, or set IMGBATCH_MODEL)"
+        )
+
+    def load(exact: bool) -> Any:
+        try:
+            return ort.InferenceSession(
+                str(path),
+                sess_options=session_options(intra_op_threads, exact),
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:  # ORT raises its own exception types for malformed files
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"cannot load model {path}: {first_line}") from exc
+
+    session = load(False)
     info = ModelInfo.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
+    if not info.int8_saturation_safe and int8_pairs_saturate():
+        logging.getLogger("imgbatch").warning(
+            "%s is an INT8 model that is not saturation-safe and this CPU has no VNNI: running ORT's "
+            "exact, slower INT8 kernels (rebuild it with `imgbatch export` for full speed)",
+            path,
+        )
+        session = load(True)
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise ModelFileError(f"{path}: expected one NCHW image input, got {[i.shape for i in inputs]}")

@@ -1,7 +1,9 @@
-"""Real photos made offline from scikit-image's bundled samples: demo input, calibration and test sets.
+"""Real photos, made offline: demo input, calibration, evaluation and test sets.
 
-Nothing is downloaded: scikit-image ships these files in its wheel. Variants are crops, flips,
-rescales and JPEG re-encodings of the originals, so they stay natural photos.
+Nothing is downloaded. Two sources: the photos scikit-image ships in its wheel (cat, coffee, ...; the
+demo and test sets), and 32 everyday photos kept in ``imgbatch/photos`` (their origin and licences
+in ``photos/SOURCES.md``), which give calibration and evaluation a spread of ImageNet subjects.
+Variants are crops, flips, rescales and JPEG re-encodings of the originals, so they stay natural photos.
 """
 
 from __future__ import annotations
@@ -40,11 +42,30 @@ EXPECTED_CLASSES: dict[str, set[int]] = {
 }
 
 
+PHOTO_DIR = Path(__file__).parent / "photos"
+# The natural colour photos of scikit-image (its microscope, telescope and fundus images are not).
+SKIMAGE_NATURAL = ["cat", "coffee", "astronaut", "rocket", "motorcycle"]
+
+
 def photo_names() -> list[str]:
+    """scikit-image's photos: the demo input and the base of the test and benchmark sets."""
     return list(_photos())
 
 
+def bundled_photo_names() -> list[str]:
+    return sorted(p.stem for p in PHOTO_DIR.glob("*.jpg"))
+
+
+def natural_photo_names() -> list[str]:
+    """Every natural photo: scikit-image's five and the bundled ones (evaluation, calibration)."""
+    return SKIMAGE_NATURAL + bundled_photo_names()
+
+
 def load_photo(name: str) -> Image.Image:
+    bundled = PHOTO_DIR / f"{name}.jpg"
+    if bundled.is_file():
+        with Image.open(bundled) as img:
+            return img.convert("RGB")
     return Image.fromarray(_photos()[name]()).convert("RGB")
 
 

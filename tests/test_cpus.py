@@ -36,3 +36,19 @@ def test_cgroup_v1_quota(tmp_path: Path) -> None:
     assert cgroup_cpu_limit(tmp_path, proc) == 2.0
     (base / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_limit(tmp_path, proc) is None
+
+
+def test_int8_pairs_saturate_without_vnni(tmp_path: Path) -> None:
+    import platform
+
+    from imgbatch.cpus import int8_pairs_saturate
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n")
+    assert int8_pairs_saturate(cpuinfo) is x86  # AVX2 only (e.g. AMD Zen 3): 16-bit pair sums
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert int8_pairs_saturate(cpuinfo) is False
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx_vnni\n")
+    assert int8_pairs_saturate(cpuinfo) is False
+    assert int8_pairs_saturate(tmp_path / "missing") is False

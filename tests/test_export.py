@@ -131,3 +131,90 @@ def test_failed_build_keeps_previous_model(tmp_path: Path, monkeypatch: pytest.M
         build_model(out, calib_count=1)
     assert out.read_bytes() == b"previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def _logits(path: Path, x: np.ndarray, exact: bool) -> np.ndarray:
+    import onnxruntime as ort
+
+    from imgbatch.modelfile import session_options
+
+    session = ort.InferenceSession(str(path), session_options(1, exact), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"input": x})[0])
+
+
+def test_saturation_safe_model_computes_the_same_on_fast_and_exact_kernels(
+    built: tuple[BuildReport, Path], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    """The default model gives ORT's fast u8s8 kernels nothing to saturate: the same logits as its exact
+    kernels. The same recipe without saturation-safe scales does differ on an x86 CPU without VNNI."""
+    from export.quantize import quantize_int8
+    from imgbatch.cpus import int8_pairs_saturate
+    from imgbatch.samples import make_variants
+
+    report, fp32 = built
+    x = np.stack([load_tensor(p, PreprocessSpec()) for p in photos.values()])
+    np.testing.assert_allclose(_logits(report.path, x, False), _logits(report.path, x, True), atol=1e-5)
+
+    calib = make_variants(tmp_path / "calib", 16, seed=0)
+    unsafe = quantize_int8(fp32, tmp_path / "unsafe.onnx", calib, get_preset().replace(saturation_safe=False))
+    diff = float(np.abs(_logits(unsafe, x, False) - _logits(unsafe, x, True)).max())
+    if int8_pairs_saturate():
+        assert diff > 0.1  # the clipping the safe scales avoid
+    else:
+        assert diff < 1e-5  # VNNI (or not x86): 32-bit sums, nothing clips
+
+
+def test_weight_ranges_bound_every_same_sign_pair(built: tuple[BuildReport, Path]) -> None:
+    from onnx import numpy_helper
+
+    from export.saturation import weight_ranges
+
+    _, fp32 = built
+    model = onnx.load(str(fp32))
+    weights = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    ranges = weight_ranges(fp32)
+    assert len(ranges) >= 30  # every 1x1 conv, the stem and the classifier; depthwise convs are not in it
+    for name, r in ranges.items():
+        w = weights[name]
+        rows = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1) if w.ndim == 4 else w
+        q = np.clip(np.round(rows / (r.bound[:, None] / 127)), -127, 127)
+        if q.shape[1] % 2:
+            q = np.concatenate([q, np.zeros((q.shape[0], 1))], axis=1)
+        a, b = q[:, 0::2], q[:, 1::2]
+        same = np.sign(a) * np.sign(b) > 0
+        assert np.abs(np.where(same, a + b, 0)).max() <= 128, name  # 255 * 128 < 2**15
+        assert (r.bound >= np.abs(rows).max(axis=1) - 1e-12).all()  # no weight is clipped
+
+
+def test_unsafe_int8_model_runs_on_exact_kernels_where_it_would_saturate(
+    built: tuple[BuildReport, Path], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    from imgbatch.cpus import int8_pairs_saturate
+    from imgbatch.modelfile import KEY_QUANTIZATION
+
+    report, _ = built
+    model = onnx.load(str(report.path))
+    for prop in model.metadata_props:
+        if prop.key == KEY_QUANTIZATION:
+            config = json.loads(prop.value)
+            config["saturation_safe"] = False
+            prop.value = json.dumps(config)
+    unsafe = tmp_path / "unsafe.onnx"
+    onnx.save(model, str(unsafe))
+    safe_session, safe_info = open_session(report.path)
+    unsafe_session, unsafe_info = open_session(unsafe)
+    assert safe_info.int8_saturation_safe and not unsafe_info.int8_saturation_safe
+
+    def exact(session: object) -> bool:
+        options = session.get_session_options()  # type: ignore[attr-defined]
+        try:
+            return bool(options.get_session_config_entry("session.x64quantprecision") == "1")
+        except RuntimeError:  # not set
+            return False
+
+    assert not exact(safe_session)
+    assert exact(unsafe_session) == int8_pairs_saturate()
+    # Whatever the CPU, what a worker computes with the unsafe model is what the exact kernels compute.
+    x = np.stack([load_tensor(p, PreprocessSpec()) for p in photos.values()])
+    got = unsafe_session.run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, _logits(unsafe, x, True), atol=1e-5)
