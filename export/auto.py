@@ -4,8 +4,9 @@
    ranges are computed once and cached) and measure how much KL divergence to FP32 that saves on a
    subset of the evaluation photos.
 2. Candidates: the recipe as given, then with the 1, 2, 4 and 8 most sensitive layers kept in FP32,
-   and with first conv + classifier in FP32; each measured on all evaluation photos (top-1 agreement)
-   and for speed against FP32 ONNX at batch 8 on one thread.
+   and with first conv + classifier in FP32; each calibrated afresh, measured on all evaluation
+   photos (top-1 agreement) and for speed against FP32 ONNX at batch 8 on one thread. The chosen
+   candidate's file is the one that ships: no re-quantization after the search.
 3. Choice: the fastest candidate that meets the agreement threshold (and the speed threshold);
    if none does, the most accurate one, which the gate will then refuse with its figures.
 """
