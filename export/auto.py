@@ -25,9 +25,11 @@ from export.quantize import (
     CLASSIFIER,
     FIRST_CONV,
     QuantConfig,
+    config_bias_deltas,
     quantizable_nodes,
     quantize_int8,
     resolve_keep_fp32,
+    safe_weight_ranges,
 )
 from imgbatch.preprocess import PreprocessSpec
 
@@ -65,21 +67,13 @@ def search(
     that was measured, so what ``--auto`` reports is what ships."""
     from export.build import _speed_ratio, exact_int8
 
-    deltas = {}
-    if config.bias_correction:
-        from export.biascorr import bias_deltas
-        from export.saturation import weight_ranges
-
-        ranges = weight_ranges(prepped) if config.saturation_safe and not config.reduce_range else {}
-        # Measured once: each node's shift depends only on that node, so a trial that keeps nodes in
-        # FP32 just leaves their biases alone (apply_bias_deltas(skip=...)).
-        deltas = bias_deltas(
-            prepped,
-            calib_paths,
-            spec,
-            reduce_range=config.reduce_range,
-            bounds={n: r.bound for n, r in ranges.items()},
-        )
+    # Measured once: each node's shift depends only on that node, so a trial that keeps nodes in FP32
+    # just leaves their biases alone (apply_bias_deltas(skip=...)).
+    deltas = (
+        config_bias_deltas(prepped, calib_paths, spec, config, safe_weight_ranges(prepped, config))
+        if config.bias_correction
+        else {}
+    )
     trial = config.replace(bias_correction=False)
     exact = exact_int8(config)
     cache = work / "auto.calib.json"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.saturation import WeightRange
 from imgbatch.errors import UserError
 from imgbatch.preprocess import PreprocessSpec, load_tensor
 
@@ -222,6 +223,34 @@ def resolve_keep_fp32(model_path: Path, keep: Sequence[str]) -> list[str]:
     return resolved
 
 
+def safe_weight_ranges(
+    prepped: Path, config: QuantConfig, skip: Sequence[str] = ()
+) -> dict[str, WeightRange]:
+    """The saturation-safe weight ranges ``config`` asks for (none with 7-bit weights or when off)."""
+    if not config.saturation_safe or config.reduce_range:
+        return {}
+    from export.saturation import weight_ranges
+
+    return weight_ranges(prepped, skip=set(skip))
+
+
+def config_bias_deltas(
+    prepped: Path,
+    calib_paths: Sequence[Path],
+    spec: PreprocessSpec,
+    config: QuantConfig,
+    ranges: dict[str, WeightRange],
+    input_name: str = "input",
+) -> dict[str, np.ndarray]:
+    """Bias shifts for the weights exactly as ``config`` and ``ranges`` will quantize them."""
+    from export.biascorr import bias_deltas
+
+    bounds = {name: r.bound for name, r in ranges.items()}
+    return bias_deltas(
+        prepped, calib_paths, spec, input_name, reduce_range=config.reduce_range, bounds=bounds
+    )
+
+
 def prepare(fp32_path: Path, output_path: Path) -> Path:
     """Shape inference + ORT's basic graph optimizations, as ORT recommends before quantizing."""
     from onnxruntime.quantization import quant_pre_process
@@ -248,7 +277,7 @@ def quantize_int8(
     """
     import shutil
 
-    from onnxruntime.quantization import (  # noqa: I001
+    from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -256,6 +285,7 @@ def quantize_int8(
         quantize_static,
     )
 
+    from export.biascorr import apply_bias_deltas
     from export.saturation import tensor_overrides
 
     spec = spec or PreprocessSpec()
@@ -276,22 +306,9 @@ def quantize_int8(
                 nodes_to_exclude=exclude,
             )
             return output_path
-        ranges = {}
-        if config.saturation_safe and not config.reduce_range:
-            from export.saturation import weight_ranges
-
-            ranges = weight_ranges(prepped, skip=set(exclude))
+        ranges = safe_weight_ranges(prepped, config, skip=exclude)
         if config.bias_correction:
-            from export.biascorr import apply_bias_deltas, bias_deltas
-
-            deltas = bias_deltas(
-                prepped,
-                calib_paths,
-                spec,
-                input_name,
-                reduce_range=config.reduce_range,
-                bounds={name: r.bound for name, r in ranges.items()},
-            )
+            deltas = config_bias_deltas(prepped, calib_paths, spec, config, ranges, input_name)
             prepped = apply_bias_deltas(prepped, Path(tmp) / "corrected.onnx", deltas, skip=exclude)
             cache_path = None  # the corrected graph has other ranges downstream
         reader = PhotoCalibrationReader(calib_paths, spec, input_name, config.calib_batch_size)
