@@ -4,9 +4,11 @@
    ranges are computed once and cached) and measure how much KL divergence to FP32 that saves on a
    subset of the evaluation photos.
 2. Candidates: the recipe as given, then with the 1, 2, 4 and 8 most sensitive layers kept in FP32,
-   and with first conv + classifier in FP32; each calibrated afresh, measured on all evaluation
-   photos (top-1 agreement) and for speed against FP32 ONNX at batch 8 on one thread. The chosen
-   candidate's file is the one that ships: no re-quantization after the search.
+   with first conv + classifier in FP32, and with the other weight rounding (nearest <-> GPTQ,
+   export.rounding), alone and with first conv + classifier in FP32; each calibrated afresh,
+   measured on all evaluation photos (top-1 agreement) and for speed against FP32 ONNX at batch 8
+   on one thread. The chosen candidate's file is the one that ships: no re-quantization after the
+   search.
 3. Choice: the fastest candidate that meets the agreement threshold (and the speed threshold);
    if none does, the most accurate one, which the gate will then refuse with its figures.
 """
@@ -67,54 +69,57 @@ def search(
     that was measured, so what ``--auto`` reports is what ships."""
     from export.build import _speed_ratio, exact_int8
 
-    # Measured once: each node's shift depends only on that node, so a trial that keeps nodes in FP32
-    # just leaves their biases alone (apply_bias_deltas(skip=...)).
+    # The scan rounds to nearest whatever the recipe says: it only ranks layers, and GPTQ per trial
+    # would cost a minute each. Bias shifts are measured once: each depends only on its own node, so
+    # a trial that keeps nodes in FP32 just leaves their biases alone (apply_bias_deltas(skip=...)).
+    scan_config = config.replace(rounding="nearest")
     deltas = (
-        config_bias_deltas(prepped, calib_paths, spec, config, safe_weight_ranges(prepped, config))
+        config_bias_deltas(prepped, calib_paths, spec, scan_config, safe_weight_ranges(prepped, scan_config))
         if config.bias_correction
         else {}
     )
-    trial = config.replace(bias_correction=False)
     exact = exact_int8(config)
     cache = work / "auto.calib.json"
     xs, refs = x_eval[:subset], reference[:subset]
 
-    def quantize(keep: tuple[str, ...], out: Path, cached: bool) -> Path:
+    def scan_quantize(keep: tuple[str, ...], out: Path) -> Path:
         from export.biascorr import apply_bias_deltas
 
         base = prepped
         if deltas:
             skip = resolve_keep_fp32(prepped, keep)
             base = apply_bias_deltas(prepped, work / "auto.base.onnx", deltas, skip=skip)
-        return quantize_int8(
-            fp32,
-            out,
-            calib_paths,
-            trial.replace(keep_fp32=keep),
-            spec,
-            # The sensitivity scan reuses the first calibration's ranges (they barely move when one
-            # layer stays FP32); each final candidate is calibrated afresh, as it will ship.
-            cache_path=cache if cached else None,
-            prepped_path=base,
-        )
+        trial = scan_config.replace(bias_correction=False, keep_fp32=keep)
+        # Reuses the first calibration's ranges: they barely move when one layer stays FP32.
+        return quantize_int8(fp32, out, calib_paths, trial, spec, cache_path=cache, prepped_path=base)
+
+    def candidate(keep: tuple[str, ...], rounding: str, out: Path) -> Path:
+        # The full recipe, calibrated afresh, exactly as it would ship.
+        recipe = config.replace(keep_fp32=keep, rounding=rounding)
+        return quantize_int8(fp32, out, calib_paths, recipe, spec, prepped_path=prepped)
 
     scan = work / "auto.scan.onnx"
-    base_kl = _kl(refs, _run(quantize((), scan, True), xs, exact))
+    base_kl = _kl(refs, _run(scan_quantize((), scan), xs, exact))
     sensitivity: list[dict[str, Any]] = []
     for name, op in quantizable_nodes(prepped):
-        kl = _kl(refs, _run(quantize((name,), scan, True), xs, exact))
+        kl = _kl(refs, _run(scan_quantize((name,), scan), xs, exact))
         sensitivity.append({"node": name, "op": op, "gain": round(base_kl - kl, 5)})
     sensitivity.sort(key=lambda item: -float(item["gain"]))
     helpful = [str(item["node"]) for item in sensitivity if float(item["gain"]) > 0]
 
-    options: list[tuple[str, tuple[str, ...]]] = [("as given", ())]
+    ends = (FIRST_CONV, CLASSIFIER)
+    options: list[tuple[str, tuple[str, ...], str]] = [("as given", (), config.rounding)]
     for k in (1, 2, 4, 8):
         if k <= len(helpful):
-            options.append((f"{k} most sensitive in FP32", tuple(helpful[:k])))
-    options.append(("first conv + classifier in FP32", (FIRST_CONV, CLASSIFIER)))
+            options.append((f"{k} most sensitive in FP32", tuple(helpful[:k]), config.rounding))
+    options.append(("first conv + classifier in FP32", ends, config.rounding))
+    if config.per_channel and config.weight_type == "QInt8" and not config.reduce_range:
+        other = "nearest" if config.rounding == "gptq" else "gptq"
+        options.append((f"{other} rounding", (), other))
+        options.append((f"{other} rounding, first conv + classifier in FP32", ends, other))
     candidates: list[dict[str, Any]] = []
-    for i, (label, keep) in enumerate(options):
-        path = quantize(keep, work / f"auto.candidate{i}.onnx", False)
+    for i, (label, keep, rounding) in enumerate(options):
+        path = candidate(keep, rounding, work / f"auto.candidate{i}.onnx")
         logits = _run(path, x_eval, exact)
         agreement = float(np.mean(logits.argmax(1) == reference.argmax(1)))
         ratio = _speed_ratio(fp32, path, x_eval[:8], budget, exact)
@@ -123,6 +128,7 @@ def search(
             {
                 "name": label,
                 "keep_fp32": list(keep),
+                "rounding": rounding,
                 "agreement": agreement,
                 "speedup": round(ratio, 3),
                 "passes": passes,
@@ -137,7 +143,9 @@ def search(
         else max(candidates, key=lambda c: (c["agreement"], c["speedup"]))
     )
     speed0 = candidates[0]["speedup"]
-    chosen = config.replace(name=f"{config.name}+auto", keep_fp32=tuple(best["keep_fp32"]))
+    chosen = config.replace(
+        name=f"{config.name}+auto", keep_fp32=tuple(best["keep_fp32"]), rounding=best["rounding"]
+    )
     info = {
         "base_kl": round(base_kl, 5),
         "sensitivity": sensitivity,

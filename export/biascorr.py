@@ -67,15 +67,21 @@ def bias_deltas(
     input_name: str = "input",
     reduce_range: bool = False,
     bounds: dict[str, np.ndarray] | None = None,
+    rounded_path: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """The mean output shift ``dW . E[x]`` of each Conv/Gemm with a bias, by node name.
 
-    ``reduce_range``: 7-bit weights (ORT's option); ``bounds``: per-channel ranges by weight name.
-    Each shift depends only on its own node and the FP32 input means, so any subset may be applied.
+    ``reduce_range``: 7-bit weights (ORT's option); ``bounds``: per-channel ranges by weight name;
+    ``rounded_path``: the same graph with weights already rounded onto their INT8 grid
+    (export.rounding), whose values are then the quantized weights. Each shift depends only on its
+    own node and the FP32 input means, so any subset may be applied.
     """
     bounds = bounds or {}
     model = onnx.load(str(model_path))
     inits = {init.name: init for init in model.graph.initializer}
+    quantized_inits = inits
+    if rounded_path is not None:
+        quantized_inits = {init.name: init for init in onnx.load(str(rounded_path)).graph.initializer}
     nodes = [
         n
         for n in model.graph.node
@@ -86,17 +92,19 @@ def bias_deltas(
     deltas: dict[str, np.ndarray] = {}
     for node in nodes:
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        w_q = numpy_helper.to_array(quantized_inits[node.input[1]]).astype(np.float64)
         bound = bounds.get(node.input[1])
         mean = means[node.input[0]]
         if node.op_type == "Gemm":
             attrs = {a.name: a.i for a in node.attribute}
             if attrs.get("transA", 0):
                 continue
-            w_out_in = w if attrs.get("transB", 0) else w.T
-            deltas[node.name] = (_quantized(w_out_in, qmax, bound) - w_out_in) @ mean
+            trans_b = attrs.get("transB", 0)
+            w_out_in, w_q = (w, w_q) if trans_b else (w.T, w_q.T)
+            deltas[node.name] = (_quantized(w_q, qmax, bound) - w_out_in) @ mean
         else:
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            err = (_quantized(w, qmax, bound) - w).sum(axis=(2, 3))  # (out, in / group)
+            err = (_quantized(w_q, qmax, bound) - w).sum(axis=(2, 3))  # (out, in / group)
             cin, out_per_group = w.shape[1], w.shape[0] // group
             groups_of = np.arange(w.shape[0]) // out_per_group
             x_mean = mean.reshape(group, cin)[groups_of]  # (out, in / group)

@@ -36,6 +36,7 @@ from export.sources import DEFAULT_ARCH, load_source
 from imgbatch.cpus import int8_pairs_saturate
 from imgbatch.errors import UserError
 from imgbatch.modelfile import open_session, quantization_is_saturation_safe
+from imgbatch.preprocess import PreprocessSpec
 from imgbatch.samples import write_photos
 
 
@@ -153,6 +154,37 @@ def _speed_ratio(fp32: Path, int8: Path, x: np.ndarray, budget: float, exact: bo
     return stats["fp32"][0] / stats["int8"][0]
 
 
+def _decoder_check(
+    paths: list[Path],
+    spec: PreprocessSpec,
+    int8_fast: np.ndarray,
+    torch_runner: rep.Runner,
+    int8_runner: rep.Runner,
+    labels: list[int] | None,
+) -> str | None:
+    """Does the workers' fast JPEG decoder (libjpeg-turbo + OpenCV) move accuracy against Pillow?
+
+    The evaluation photos are decoded again by Pillow alone; FP32 on those is the reference for both.
+    ``int8_fast``: INT8 logits on the photos as decoded for the rest of the report (fast path).
+    """
+    from imgbatch import preprocess
+
+    if not preprocess.HAVE_FAST_JPEG:
+        return None
+    x_pillow = np.stack([preprocess.to_tensor(preprocess.open_image(p, spec), spec) for p in paths])
+    reference = _logits(torch_runner, x_pillow).argmax(1)
+    fast, pillow = int8_fast.argmax(1), _logits(int8_runner, x_pillow).argmax(1)
+    text = (
+        f"INT8 top-1 agreement with FP32 (Pillow decode) {np.mean(fast == reference):.1%} when the photos "
+        f"are decoded the workers' way (JPEG: libjpeg-turbo + OpenCV), {np.mean(pillow == reference):.1%} "
+        f"when Pillow decodes them; same INT8 top-1 under both decoders on {np.mean(fast == pillow):.1%}"
+    )
+    if labels is not None:
+        y = np.asarray(labels)
+        text += f"; top-1 accuracy {np.mean(fast == y):.1%} vs {np.mean(pillow == y):.1%}"
+    return text
+
+
 def export_model(
     output: Path, config: QuantConfig | None = None, options: ExportOptions | None = None
 ) -> BuildReport:
@@ -243,12 +275,13 @@ def export_model(
         y = evaluation.labels
         rep.fill_accuracy(rows["PyTorch eager FP32"], torch_logits, torch_logits, y)
         rep.fill_accuracy(rows["ONNX FP32"], fp32_logits, torch_logits, y)
+        decoders = None
         if is_int8:
-            rep.fill_accuracy(
-                rows["ONNX INT8"],
-                _logits(_onnx_runner(staged_model, rep.all_cores(), exact), x_eval),
-                torch_logits,
-                y,
+            int8_runner = _onnx_runner(staged_model, rep.all_cores(), exact)
+            int8_logits = _logits(int8_runner, x_eval)
+            rep.fill_accuracy(rows["ONNX INT8"], int8_logits, torch_logits, y)
+            decoders = _decoder_check(
+                evaluation.paths, spec, int8_logits, _torch_runner(model, rep.all_cores()), int8_runner, y
             )
         if options.benchmark:
             runners: dict[str, Callable[[int], rep.Runner]] = {
@@ -286,6 +319,7 @@ def export_model(
                 else f" (bundled photo variants, seed {config.calib_seed})"
             ),
             "evaluation": evaluation.describe() + "; reference for agreement: PyTorch eager FP32",
+            "decoders": decoders,
             "machine": f"{rep.all_cores()} cores, "
             + (
                 "x86 without VNNI"

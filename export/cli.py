@@ -35,8 +35,8 @@ def export_command(
     preset: Annotated[
         str | None,
         typer.Option(
-            help="Quantization preset (static-int8-percentile-bias-corrected, static-int8-per-channel, "
-            "static-int8-bias-corrected, static-int8-fp32-ends, dynamic-int8, fp32)."
+            help="Quantization preset (static-int8-gptq, static-int8-percentile-bias-corrected, "
+            "static-int8-per-channel, static-int8-bias-corrected, static-int8-fp32-ends, dynamic-int8, fp32)."
         ),
     ] = None,
     keep_fp32: Annotated[

@@ -23,6 +23,7 @@ _FORMATS = ("QDQ", "QOperator")
 _TYPES = ("QInt8", "QUInt8")
 _METHODS = ("MinMax", "Entropy", "Percentile", "Distribution")
 _MODES = ("static", "dynamic", "fp32")
+_ROUNDINGS = ("nearest", "gptq")
 # Selectors usable in QuantConfig.keep_fp32 besides plain node names of the FP32 graph.
 FIRST_CONV = "first-conv"
 CLASSIFIER = "classifier"
@@ -62,6 +63,9 @@ class QuantConfig:
     # exact on VNNI CPUs; workers elsewhere then switch ORT to its slower exact kernels
     # (imgbatch.modelfile).
     saturation_safe: bool = True
+    # How weights become integers: "nearest", or "gptq", which rounds each layer's weights so that its
+    # *output* error on the calibration photos is smallest (export.rounding).
+    rounding: str = "nearest"
 
     def __post_init__(self) -> None:
         def bad(field_name: str, why: str) -> QuantConfigError:
@@ -79,6 +83,11 @@ class QuantConfig:
             raise bad("mode", f"must be one of {', '.join(_MODES)}")
         if not isinstance(self.keep_fp32, tuple) or not all(isinstance(n, str) and n for n in self.keep_fp32):
             raise bad("keep_fp32", "must be a list of node names (or first-conv, classifier)")
+        if self.rounding not in _ROUNDINGS:
+            raise bad("rounding", f"must be one of {', '.join(_ROUNDINGS)}")
+        gptq_ok = not self.reduce_range and self.weight_type == "QInt8" and self.per_channel
+        if self.rounding == "gptq" and not gptq_ok:
+            raise bad("rounding", "gptq needs per-channel QInt8 weights without reduce_range")
         if self.calibrate_method not in _METHODS:
             raise bad("calibrate_method", f"must be one of {', '.join(_METHODS)}")
         for name in ("per_channel", "reduce_range", "bias_correction", "saturation_safe"):
@@ -119,6 +128,8 @@ class QuantConfig:
             ]
         if self.saturation_safe and not self.reduce_range:
             parts.append("saturation-safe weight scales")
+        if self.rounding != "nearest":
+            parts.append(f"{self.rounding} weight rounding")
         if self.bias_correction:
             parts.append("bias correction")
         if self.keep_fp32:
@@ -136,10 +147,17 @@ PRESETS: dict[str, QuantConfig] = {
     "static-int8-percentile-bias-corrected": QuantConfig(
         name="static-int8-percentile-bias-corrected", calibrate_method="Percentile", bias_correction=True
     ),
+    # GPTQ rounding on top: each layer's weights rounded for the smallest output error, not weight by
+    # weight (export.rounding). Measured on 1,000 natural photos, calibration seeds 0 / 1: KL divergence
+    # to FP32 0.0044 / 0.0045 instead of 0.0073 / 0.0075, top-5 overlap 96.0 / 95.8% instead of
+    # 94.5 / 94.6%, top-1 agreement 96.4 / 97.3% instead of 96.5 / 95.7%; ~25 s more per export.
+    "static-int8-gptq": QuantConfig(
+        name="static-int8-gptq", calibrate_method="Percentile", bias_correction=True, rounding="gptq"
+    ),
     "dynamic-int8": QuantConfig(name="dynamic-int8", mode="dynamic"),
     "fp32": QuantConfig(name="fp32", mode="fp32"),
 }
-DEFAULT_PRESET = "static-int8-percentile-bias-corrected"
+DEFAULT_PRESET = "static-int8-gptq"
 
 
 def get_preset(name: str = DEFAULT_PRESET) -> QuantConfig:
@@ -241,14 +259,43 @@ def config_bias_deltas(
     config: QuantConfig,
     ranges: dict[str, WeightRange],
     input_name: str = "input",
+    rounded: Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """Bias shifts for the weights exactly as ``config`` and ``ranges`` will quantize them."""
+    """Bias shifts for the weights exactly as ``config`` and ``ranges`` will quantize them
+    (``rounded``: ``prepped`` with its weights already rounded, see ``round_config_weights``)."""
     from export.biascorr import bias_deltas
 
     bounds = {name: r.bound for name, r in ranges.items()}
     return bias_deltas(
-        prepped, calib_paths, spec, input_name, reduce_range=config.reduce_range, bounds=bounds
+        prepped,
+        calib_paths,
+        spec,
+        input_name,
+        reduce_range=config.reduce_range,
+        bounds=bounds,
+        rounded_path=rounded,
     )
+
+
+def round_config_weights(
+    prepped: Path,
+    output: Path,
+    calib_paths: Sequence[Path],
+    spec: PreprocessSpec,
+    config: QuantConfig,
+    ranges: dict[str, WeightRange],
+    input_name: str = "input",
+    skip: Sequence[str] = (),
+) -> tuple[Path, dict[str, WeightRange]]:
+    """``prepped`` with weights rounded as ``config.rounding`` says, and the ranges to pin in ORT
+    (``ranges`` plus those of every rounded weight). With "nearest" nothing changes."""
+    if config.rounding == "nearest":
+        return prepped, ranges
+    from export.rounding import round_weights
+
+    bounds = {name: r.bound for name, r in ranges.items()}
+    rounded, pinned = round_weights(prepped, output, calib_paths, spec, bounds, input_name, skip=skip)
+    return rounded, {**ranges, **pinned}
 
 
 def prepare(fp32_path: Path, output_path: Path) -> Path:
@@ -307,10 +354,15 @@ def quantize_int8(
             )
             return output_path
         ranges = safe_weight_ranges(prepped, config, skip=exclude)
+        rounded, ranges = round_config_weights(
+            prepped, Path(tmp) / "rounded.onnx", calib_paths, spec, config, ranges, input_name, skip=exclude
+        )
         if config.bias_correction:
-            deltas = config_bias_deltas(prepped, calib_paths, spec, config, ranges, input_name)
-            prepped = apply_bias_deltas(prepped, Path(tmp) / "corrected.onnx", deltas, skip=exclude)
-            cache_path = None  # the corrected graph has other ranges downstream
+            deltas = config_bias_deltas(prepped, calib_paths, spec, config, ranges, input_name, rounded)
+            rounded = apply_bias_deltas(rounded, Path(tmp) / "corrected.onnx", deltas, skip=exclude)
+        if rounded != prepped:
+            prepped = rounded
+            cache_path = None  # other weights and biases: other ranges downstream
         reader = PhotoCalibrationReader(calib_paths, spec, input_name, config.calib_batch_size)
         quantize_static(
             str(prepped),

@@ -164,6 +164,7 @@ def markdown(report: dict) -> str:  # type: ignore[type-arg]
         ("quantization", "Quantization"),
         ("calibration", "Calibration"),
         ("evaluation", "Evaluation"),
+        ("decoders", "Decoders"),
         ("machine", "Machine"),
     ):
         if report.get(key):

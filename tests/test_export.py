@@ -186,6 +186,67 @@ def test_weight_ranges_bound_every_same_sign_pair(built: tuple[BuildReport, Path
         assert (r.bound >= np.abs(rows).max(axis=1) - 1e-12).all()  # no weight is clipped
 
 
+def _shipped_weight_codes(path: Path) -> list[tuple[str, np.ndarray, dict[str, int], tuple[int, ...]]]:
+    """(name, int8 codes, consumer attributes, kernel) of every quantized Conv/Gemm weight in a QDQ file."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    codes = {
+        n.output[0]: (n.input[0], inits[n.input[0]])
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0)).dtype == np.int8
+    }
+    found = []
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm") and node.input[1] in codes:
+            name, q = codes[node.input[1]]
+            attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+            found.append((name, q.astype(np.int64), attrs, tuple(q.shape[2:])))
+    return found
+
+
+def test_shipped_int8_codes_cannot_saturate(built: tuple[BuildReport, Path]) -> None:
+    """The codes in the file, however they were rounded: neighbours along K (1x1 convs, Gemm) or any
+    two same-sign codes of a channel (other convs) add up to at most 128, so 255 * 128 fits 16 bits."""
+    report, _ = built
+    checked = 0
+    for name, q, attrs, kernel in _shipped_weight_codes(report.path):
+        if attrs.get("group", 1) > 1:
+            continue  # depthwise: ORT sums in 32 bits
+        rows = q.reshape(q.shape[0], -1) if q.ndim == 4 else (q if attrs.get("transB", 0) else q.T)
+        if q.ndim == 2 or kernel == (1, 1):
+            padded = np.concatenate([rows, np.zeros((rows.shape[0], rows.shape[1] % 2), np.int64)], axis=1)
+            a, b = padded[:, 0::2], padded[:, 1::2]
+            worst = np.abs(np.where(np.sign(a) == np.sign(b), a + b, 0)).max()
+        else:
+            top = lambda r: -np.sort(-r, axis=1)[:, :2].sum(axis=1)  # noqa: E731
+            worst = max(top(np.maximum(rows, 0)).max(), top(np.maximum(-rows, 0)).max())
+        assert worst <= 128, name
+        checked += 1
+    assert checked >= 30
+
+
+def test_gptq_rounding_lowers_output_error_on_unseen_inputs() -> None:
+    """On a layer whose inputs co-vary, GPTQ's codes give a smaller output error than nearest rounding
+    on inputs it did not see, and keep the pair limit of saturation-safe scales."""
+    from export.rounding import PAIR_LIMIT, _gptq
+    from export.saturation import _pair_bound
+
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(64, 64))
+    seen, unseen = rng.normal(size=(4000, 64)) @ mix, rng.normal(size=(4000, 64)) @ mix
+    w = rng.normal(size=(32, 64))
+    scale = _pair_bound(w) / 127
+    nearest = np.clip(np.round(w / scale[:, None]), -127, 127)
+    gptq = _gptq(w, seen.T @ seen, scale, "pairs")
+    error = lambda codes: float(np.mean((unseen @ (codes * scale[:, None] - w).T) ** 2))  # noqa: E731
+    assert error(gptq) < 0.7 * error(nearest)
+    a, b = gptq[:, 0::2], gptq[:, 1::2]
+    assert np.abs(np.where(np.sign(a) == np.sign(b), a + b, 0)).max() <= PAIR_LIMIT
+    assert np.array_equal(gptq, np.round(gptq)) and np.abs(gptq).max() <= 127
+
+
 def test_unsafe_int8_model_runs_on_exact_kernels_where_it_would_saturate(
     built: tuple[BuildReport, Path], photos: dict[str, Path], tmp_path: Path
 ) -> None:
