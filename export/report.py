@@ -75,7 +75,8 @@ class Row:
 
 
 def _topk(logits: np.ndarray, k: int) -> np.ndarray:
-    return np.argsort(-logits, axis=1)[:, :k]
+    # Stable, so that tied logits rank as argmax ranks them (first index first), as workers report.
+    return np.argsort(-logits, axis=1, kind="stable")[:, :k]
 
 
 def fill_accuracy(row: Row, logits: np.ndarray, reference: np.ndarray, labels: Sequence[int] | None) -> None:

@@ -87,6 +87,8 @@ def test_int8_classifies_photos(built: tuple[BuildReport, Path], photos: dict[st
     # Batch of 2 also exercises the dynamic batch axis.
     x = np.stack([load_tensor(photos[name], info.preprocess) for name in names])
     logits = session.run(None, {"input": x})[0]
+    # Float logits (QuantConfig.float_logits): 8-bit ones would take at most 256 values per photo.
+    assert min(len(np.unique(row)) for row in logits) > 256
     for name, row in zip(names, logits, strict=True):
         assert int(row.argmax()) in EXPECTED_CLASSES[name], (name, info.labels[int(row.argmax())])
 
