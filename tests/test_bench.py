@@ -8,6 +8,8 @@ import math
 import sqlite3
 from pathlib import Path
 
+import numpy as np
+
 from conftest import imgbatch_env, run_cli
 
 STAGES = {"queue", "decode", "infer", "persist"}
@@ -95,3 +97,23 @@ def test_classifier_runs_big_messages_in_small_inference_batches(model_path: Pat
         assert (x.top is None) == (y.top is None)
         if x.top and y.top:
             assert x.top[0][0] == y.top[0][0] and abs(x.top[0][2] - y.top[0][2]) < 1e-4
+
+
+def test_fp32_twin_has_the_int8_models_contract_and_classifies(
+    model_path: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    """The FP32 model bench compares against is exported from the same checkpoint and carries the INT8
+    model's labels and preprocessing; it classifies the photos the same way."""
+    from imgbatch.bench.models import ensure_fp32_model
+    from imgbatch.modelfile import open_session
+    from imgbatch.preprocess import load_tensor
+
+    twin = ensure_fp32_model(model_path, tmp_path / "twin.fp32.onnx")
+    fp32, fp32_info = open_session(twin)
+    int8, int8_info = open_session(model_path)
+    assert fp32_info.quantization == "none" and fp32_info.labels == int8_info.labels
+    assert fp32_info.preprocess == int8_info.preprocess
+    x = np.stack([load_tensor(photo_dir / name, fp32_info.preprocess) for name in ("cat.jpg", "coffee.jpg")])
+    top_fp32 = fp32.run(None, {"input": x})[0].argmax(1)
+    top_int8 = int8.run(None, {"input": x})[0].argmax(1)
+    assert list(top_fp32) == list(top_int8)

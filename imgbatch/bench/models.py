@@ -46,17 +46,21 @@ def attach_contract(raw_fp32: Path, like: Path, output: Path) -> Path:
 
 
 def ensure_fp32_model(int8_model: Path, output: Path) -> Path:
-    """``output`` if it exists, else export the default model again keeping its FP32 ONNX (slow: a full
-    export, about 20-100 s; needs the export extra) and give it ``int8_model``'s contract."""
+    """``output`` if it exists, else export the default model to FP32 ONNX again (checked against
+    torch on photos; needs the export extra) and give it ``int8_model``'s contract."""
     if output.is_file():
         return output
     try:
-        from export.build import build_model
+        from export.onnx_export import check_parity, export_any
+        from export.sources import load_source
     except ImportError as exc:
         raise UserError(
             "no FP32 model: pass --fp32-model PATH, or install the export extra to build one"
         ) from exc
+    from imgbatch.samples import write_photos
+
     with tempfile.TemporaryDirectory(prefix="imgbatch-fp32-") as work:
-        raw = Path(work) / "fp32.onnx"
-        build_model(Path(work) / "int8.onnx", fp32_output=raw)
+        source = load_source()
+        raw = export_any(source.model, Path(work) / "fp32.onnx", image_size=source.spec.crop)
+        check_parity(source.model, raw, write_photos(Path(work) / "photos"), source.spec)
         return attach_contract(raw, int8_model, output)
