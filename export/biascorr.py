@@ -4,7 +4,8 @@ Rounding weights to INT8 adds an error ``dW`` whose effect on a layer's output h
 ``dW . E[x]``, which depthwise convolutions (few weights per channel) feel most and which adds up
 through the network. The corrected bias ``b - dW . E[x]`` removes it; ``E[x]`` (per input channel)
 is measured on the calibration photos with the FP32 graph. ``dW`` is computed exactly as ORT
-quantizes weights here: symmetric INT8 per output channel, scale = max|w| / 127.
+quantizes weights here: symmetric INT8 per output channel, scale = max|w| / 127 or the given
+(saturation-safe) bound / 127, or the already rounded weights (export.rounding).
 """
 
 from __future__ import annotations
@@ -16,37 +17,22 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from imgbatch.preprocess import PreprocessSpec, load_tensor
+from imgbatch.preprocess import PreprocessSpec
 
 
 def _input_means(
     model_path: Path, tensors: list[str], paths: Sequence[Path], spec: PreprocessSpec, input_name: str
 ) -> dict[str, np.ndarray]:
-    from export.onnx_export import ort_session
+    from export.onnx_export import tensor_batches
 
-    augmented = onnx.load(str(model_path))
-    present = {o.name for o in augmented.graph.output}
-    for name in tensors:
-        if name != input_name and name not in present:
-            augmented.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
-    aug_path = model_path.with_name(model_path.stem + ".means.onnx")
-    onnx.save(augmented, str(aug_path))
-    session = ort_session(aug_path, 0)
-    outputs = [o.name for o in session.get_outputs()]
     sums: dict[str, np.ndarray] = {}
     count = 0
-    for start in range(0, len(paths), 8):
-        x = np.stack([load_tensor(p, spec) for p in paths[start : start + 8]])
-        values = dict(zip(outputs, session.run(None, {input_name: x}), strict=True))
-        values[input_name] = x
+    for values in tensor_batches(model_path, tensors, paths, spec, input_name):
         for name in tensors:
             a = values[name]
             mean = a.mean(axis=(0, 2, 3)) if a.ndim == 4 else a.reshape(-1, a.shape[-1]).mean(0)
-            sums[name] = sums.get(name, 0) + mean.astype(np.float64) * len(x)
-        count += len(x)
-    aug_path.unlink()
+            sums[name] = sums.get(name, 0) + mean.astype(np.float64) * len(a)
+        count += len(values[input_name])
     return {name: value / count for name, value in sums.items()}
 
 

@@ -171,7 +171,7 @@ def _decoder_check(
 
     if not preprocess.HAVE_FAST_JPEG:
         return None
-    x_pillow = np.stack([preprocess.to_tensor(preprocess.open_image(p, spec), spec) for p in paths])
+    x_pillow = np.stack([preprocess.load_tensor_pillow(p, spec) for p in paths])
     reference = _logits(torch_runner, x_pillow).argmax(1)
     fast, pillow = int8_fast.argmax(1), _logits(int8_runner, x_pillow).argmax(1)
     text = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +191,31 @@ def ort_session(path: Path, threads: int = 1, exact_int8: bool = False):  # type
 
     options = session_options(threads, exact_int8)
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def tensor_batches(
+    model_path: Path, tensors: Iterable[str], paths: Sequence[Path], spec: PreprocessSpec, input_name: str
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run the FP32 graph on ``paths`` in batches of 8 and yield each batch's values of ``tensors``
+    (intermediate tensors made graph outputs on a temporary copy beside ``model_path``; the input
+    itself is included under ``input_name``). Calibration statistics (bias correction, GPTQ) read these.
+    """
+    augmented = onnx.load(str(model_path))
+    present = {o.name for o in augmented.graph.output}
+    for name in sorted(set(tensors) - {input_name} - present):
+        augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    aug_path = model_path.with_name(f".{model_path.stem}.tensors.onnx")
+    onnx.save(augmented, str(aug_path))
+    try:
+        session = ort_session(aug_path, 0)
+        outputs = [o.name for o in session.get_outputs()]
+        for start in range(0, len(paths), 8):
+            x = load_batch(paths[start : start + 8], spec)
+            values = dict(zip(outputs, session.run(None, {input_name: x}), strict=True))
+            values[input_name] = x
+            yield values
+    finally:
+        aug_path.unlink(missing_ok=True)
 
 
 def load_batch(paths: Sequence[Path], spec: PreprocessSpec | None = None) -> np.ndarray:

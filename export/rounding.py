@@ -29,7 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from export.saturation import WeightRange
-from imgbatch.preprocess import PreprocessSpec, load_tensor
+from imgbatch.preprocess import PreprocessSpec
 
 PAIR_LIMIT = 128  # 255 * 128 < 32767: a same-sign pair of codes this small cannot saturate 16 bits
 QMAX = 127
@@ -45,6 +45,7 @@ class _Layer:
     stride: int
     kernel: tuple[int, int]
     pads: tuple[int, int, int, int]  # top, left, bottom, right
+    transposed: bool = False  # a Gemm weight stored (in, out): without transB
 
     @property
     def pointwise(self) -> bool:
@@ -64,7 +65,11 @@ def _layers(model: onnx.ModelProto, skip: set[str]) -> list[_Layer]:
         if node.op_type == "Gemm":
             if "transA" in attrs and attrs["transA"].i:
                 continue
-            layers.append(_Layer(node.name, node.input[1], "dense", node.input[0], 1, (1, 1), (0, 0, 0, 0)))
+            trans_b = "transB" in attrs and attrs["transB"].i
+            layer = _Layer(
+                node.name, node.input[1], "dense", node.input[0], 1, (1, 1), (0, 0, 0, 0), not trans_b
+            )
+            layers.append(layer)
             continue
         group = attrs["group"].i if "group" in attrs else 1
         strides = tuple(attrs["strides"].ints) if "strides" in attrs else (1, 1)
@@ -110,34 +115,16 @@ def _layer_hessian(a: np.ndarray, layer: _Layer) -> np.ndarray:
 
 
 def _hessians(
-    model: onnx.ModelProto,
-    layers: list[_Layer],
-    calib_paths: Sequence[Path],
-    spec: PreprocessSpec,
-    input_name: str,
-    work: Path,
+    model_path: Path, layers: list[_Layer], calib_paths: Sequence[Path], spec: PreprocessSpec, input_name: str
 ) -> dict[str, np.ndarray]:
     """``sum x x^T`` of each layer's inputs over the calibration photos, FP32 graph."""
-    from export.onnx_export import ort_session
+    from export.onnx_export import tensor_batches
 
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    present = {o.name for o in augmented.graph.output}
-    for name in sorted({la.input for la in layers} - {input_name} - present):
-        augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    aug_path = work / "rounding.hessians.onnx"
-    onnx.save(augmented, str(aug_path))
-    session = ort_session(aug_path, 0)
-    outputs = [o.name for o in session.get_outputs()]
     sums: dict[str, np.ndarray] = {}
-    for start in range(0, len(calib_paths), 8):
-        x = np.stack([load_tensor(p, spec) for p in calib_paths[start : start + 8]])
-        values = dict(zip(outputs, session.run(None, {input_name: x}), strict=True))
-        values[input_name] = x
+    for values in tensor_batches(model_path, {la.input for la in layers}, calib_paths, spec, input_name):
         for layer in layers:
             h = _layer_hessian(values[layer.input].astype(np.float32), layer)
             sums[layer.node] = sums.get(layer.node, 0) + h.astype(np.float64)
-    aug_path.unlink()
     return sums
 
 
@@ -199,16 +186,13 @@ def round_weights(
     """
     model = onnx.load(str(model_path))
     inits = {init.name: init for init in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
     layers = _layers(model, set(skip))
-    hessians = _hessians(model, layers, calib_paths, spec, input_name, output_path.parent)
+    hessians = _hessians(model_path, layers, calib_paths, spec, input_name)
     pinned: dict[str, WeightRange] = {}
     for layer in layers:
         init = inits[layer.weight]
         w = numpy_helper.to_array(init).astype(np.float64)
-        node = nodes[layer.node]
-        trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-        rows = w if node.op_type == "Conv" or trans_b else w.T
+        rows = w.T if layer.transposed else w
         rows = rows.reshape(rows.shape[0], -1)  # (out, K)
         bound = bounds.get(layer.weight)
         if bound is None:
@@ -222,8 +206,8 @@ def round_weights(
             limit = None if layer.weight not in bounds else "pairs" if layer.pointwise else "top2"
             codes = _gptq(rows, h, scale, limit)
         rounded = codes * scale[:, None]
-        rounded = rounded if node.op_type == "Conv" or trans_b else rounded.T
-        init.CopyFrom(numpy_helper.from_array(rounded.reshape(w.shape).astype(np.float32), init.name))
-        pinned[layer.weight] = WeightRange(0 if node.op_type == "Conv" or trans_b else 1, bound)
+        rounded = rounded.T if layer.transposed else rounded.reshape(w.shape)
+        init.CopyFrom(numpy_helper.from_array(rounded.astype(np.float32), init.name))
+        pinned[layer.weight] = WeightRange(1 if layer.transposed else 0, bound)
     onnx.save(model, str(output_path))
     return output_path, pinned

@@ -219,6 +219,13 @@ def load_tensor(path: str | Path, spec: PreprocessSpec, max_pixels: int = DEFAUL
         tensor = _load_jpeg_fast(path, spec, max_pixels)
         if tensor is not None:
             return tensor
+    return load_tensor_pillow(path, spec, max_pixels)
+
+
+def load_tensor_pillow(
+    path: str | Path, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """The same tensor through Pillow alone: every format, and the reference the fast path is held to."""
     return to_tensor(open_image(path, spec, max_pixels), spec)
 
 

@@ -114,7 +114,7 @@ def _run_share(
 
     def decode(path: str) -> np.ndarray:
         if mode == "pillow":
-            return preprocess.to_tensor(preprocess.open_image(path, spec), spec)
+            return preprocess.load_tensor_pillow(path, spec)
         return preprocess.load_tensor(path, spec)
 
     pool: list[np.ndarray] = []

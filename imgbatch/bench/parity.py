@@ -30,7 +30,7 @@ def decoder_parity(model: Path, paths: list[Path], limit: int = 200, batch: int 
             fast = preprocess._load_jpeg_fast(path, spec, preprocess.DEFAULT_MAX_PIXELS)
             if fast is None:
                 continue
-            slow = preprocess.to_tensor(preprocess.open_image(path, spec), spec)
+            slow = preprocess.load_tensor_pillow(path, spec)
         except preprocess.ImageDecodeError:
             continue
         fast_rows.append(fast)
