@@ -184,13 +184,10 @@ def _rename_io(proto: onnx.ModelProto) -> None:
 
 
 def ort_session(path: Path, threads: int = 1, exact_int8: bool = False):  # type: ignore[no-untyped-def]
-    """A session with the workers' options (``exact_int8``: ORT's non-saturating INT8 kernels)."""
-    import onnxruntime as ort
+    """A session as workers run it (``exact_int8``: ORT's non-saturating INT8 kernels)."""
+    from imgbatch.modelfile import inference_session
 
-    from imgbatch.modelfile import session_options
-
-    options = session_options(threads, exact_int8)
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return inference_session(path, threads, exact_int8)
 
 
 def tensor_batches(

@@ -95,8 +95,12 @@ def quantization_is_saturation_safe(quantization_json: str) -> bool:
     return config.get("mode") == "static" and bool(config.get("saturation_safe"))
 
 
-def session_options(intra_op_threads: int = 1, exact_int8: bool = False) -> Any:
-    """onnxruntime SessionOptions as workers use them; export measures with the same ones."""
+def session_options(
+    intra_op_threads: int = 1, exact_int8: bool = False, optimized_model_path: Path | None = None
+) -> Any:
+    """onnxruntime SessionOptions as workers use them; export measures with the same ones.
+
+    ``optimized_model_path``: also write the graph as ORT runs it there (to see what it fused)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -115,7 +119,31 @@ def session_options(intra_op_threads: int = 1, exact_int8: bool = False) -> Any:
     if exact_int8:
         # ORT's u8u8 kernels: exact on every x86 CPU, slower than u8s8 without VNNI (export.saturation).
         options.add_session_config_entry("session.x64quantprecision", "1")
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
     return options
+
+
+# ORT's WeightBiasQuantization transformer (ORT >= 1.20) quantizes the float weights of every
+# Conv/Gemm that sits between a DequantizeLinear and a QuantizeLinear, symmetric per-tensor INT8, when
+# the session is created. That is exactly what a recipe's FP32 nodes (QuantConfig.keep_fp32) look like,
+# so they would silently run as coarse per-tensor INT8 instead (EfficientNet-Lite0, one depthwise conv
+# kept: KL to FP32 0.0282 instead of 0.0244). Models without FP32 nodes have nothing it acts on.
+DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+
+
+def inference_session(
+    path: Path, intra_op_threads: int = 1, exact_int8: bool = False, optimized_model_path: Path | None = None
+) -> Any:
+    """An onnxruntime CPU session as workers run it; export and bench measure with the same one."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        str(path),
+        sess_options=session_options(intra_op_threads, exact_int8, optimized_model_path),
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(DISABLED_OPTIMIZERS),
+    )
 
 
 def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]:
@@ -125,8 +153,6 @@ def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]
     (slower) kernels rather than let 16-bit sums clip silently, and a warning says so.
     """
     import logging
-
-    import onnxruntime as ort
 
     from imgbatch.cpus import int8_pairs_saturate
 
@@ -138,11 +164,7 @@ def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]
 
     def load(exact: bool) -> Any:
         try:
-            return ort.InferenceSession(
-                str(path),
-                sess_options=session_options(intra_op_threads, exact),
-                providers=["CPUExecutionProvider"],
-            )
+            return inference_session(path, intra_op_threads, exact)
         except Exception as exc:  # ORT raises its own exception types for malformed files
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"cannot load model {path}: {first_line}") from exc

@@ -136,12 +136,30 @@ def test_failed_build_keeps_previous_model(tmp_path: Path, monkeypatch: pytest.M
 
 
 def _logits(path: Path, x: np.ndarray, exact: bool) -> np.ndarray:
-    import onnxruntime as ort
+    from imgbatch.modelfile import inference_session
 
-    from imgbatch.modelfile import session_options
+    return np.asarray(inference_session(path, 1, exact).run(None, {"input": x})[0])
 
-    session = ort.InferenceSession(str(path), session_options(1, exact), providers=["CPUExecutionProvider"])
-    return np.asarray(session.run(None, {"input": x})[0])
+
+def test_fp32_nodes_of_a_recipe_stay_fp32_in_the_session(
+    built: tuple[BuildReport, Path], tmp_path: Path
+) -> None:
+    """A node the recipe keeps in FP32 runs as a float Conv in the session workers use, not as the
+    per-tensor INT8 conv ORT's WeightBiasQuantization transformer would silently turn it into."""
+    from collections import Counter
+
+    from export.quantize import quantizable_nodes, quantize_int8
+    from imgbatch.modelfile import inference_session
+    from imgbatch.samples import make_variants
+
+    _, fp32 = built
+    convs = [name for name, op in quantizable_nodes(fp32) if op == "Conv"]
+    kept = convs[len(convs) // 2]  # a conv between quantized neighbours: DQ -> Conv -> Q
+    config = QuantConfig(name="keep-one", keep_fp32=(kept,), calib_count=8, calib_batch_size=4)
+    model = quantize_int8(fp32, tmp_path / "m.onnx", make_variants(tmp_path / "calib", 8, seed=0), config)
+    inference_session(model, 1, optimized_model_path=tmp_path / "as_run.onnx")
+    ops = Counter(node.op_type for node in onnx.load(str(tmp_path / "as_run.onnx")).graph.node)
+    assert ops["QLinearConv"] == len(convs) - 1, ops
 
 
 def test_saturation_safe_model_computes_the_same_on_fast_and_exact_kernels(
