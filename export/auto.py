@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from export import report as rep
-from export.onnx_export import ort_session
 from export.quantize import (
     CLASSIFIER,
     FIRST_CONV,
@@ -33,6 +32,7 @@ from export.quantize import (
     resolve_keep_fp32,
     safe_weight_ranges,
 )
+from imgbatch.modelfile import inference_session
 from imgbatch.preprocess import PreprocessSpec
 
 
@@ -48,7 +48,7 @@ def _kl(reference: np.ndarray, logits: np.ndarray) -> float:
 
 
 def _run(path: Path, x: np.ndarray, exact: bool = False) -> np.ndarray:
-    session = ort_session(path, rep.all_cores(), exact)
+    session = inference_session(path, rep.all_cores(), exact)
     return np.concatenate([session.run(None, {"input": x[i : i + 16]})[0] for i in range(0, len(x), 16)])
 
 

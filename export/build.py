@@ -30,12 +30,12 @@ from export.evalset import (
     natural_eval_set,
 )
 from export.metadata import imagenet_labels, write_metadata
-from export.onnx_export import ParityReport, check_parity, export_any, load_batch, ort_session
+from export.onnx_export import ParityReport, check_parity, export_any, load_batch
 from export.quantize import QuantConfig, get_preset, prepare, quantize_int8
 from export.sources import DEFAULT_ARCH, load_source
 from imgbatch.cpus import int8_pairs_saturate
 from imgbatch.errors import UserError
-from imgbatch.modelfile import open_session, quantization_is_saturation_safe
+from imgbatch.modelfile import inference_session, open_session, quantization_is_saturation_safe
 from imgbatch.preprocess import PreprocessSpec
 from imgbatch.samples import write_photos
 
@@ -110,7 +110,7 @@ def _sizes_mb(path: Path) -> float:
 
 
 def _onnx_runner(path: Path, threads: int, exact_int8: bool = False) -> rep.Runner:
-    session = ort_session(path, threads, exact_int8)
+    session = inference_session(path, threads, exact_int8)
     return lambda x: session.run(None, {"input": x})[0]
 
 

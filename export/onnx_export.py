@@ -19,6 +19,7 @@ import onnx
 import torch
 
 from imgbatch.errors import UserError
+from imgbatch.modelfile import inference_session
 from imgbatch.preprocess import PreprocessSpec, load_tensor
 
 INPUT_NAME = "input"
@@ -183,13 +184,6 @@ def _rename_io(proto: onnx.ModelProto) -> None:
                     seq[i] = renames[name]
 
 
-def ort_session(path: Path, threads: int = 1, exact_int8: bool = False):  # type: ignore[no-untyped-def]
-    """A session as workers run it (``exact_int8``: ORT's non-saturating INT8 kernels)."""
-    from imgbatch.modelfile import inference_session
-
-    return inference_session(path, threads, exact_int8)
-
-
 def tensor_batches(
     model_path: Path, tensors: Iterable[str], paths: Sequence[Path], spec: PreprocessSpec, input_name: str
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -204,7 +198,7 @@ def tensor_batches(
     aug_path = model_path.with_name(f".{model_path.stem}.tensors.onnx")
     onnx.save(augmented, str(aug_path))
     try:
-        session = ort_session(aug_path, 0)
+        session = inference_session(aug_path, 0)
         outputs = [o.name for o in session.get_outputs()]
         for start in range(0, len(paths), 8):
             x = load_batch(paths[start : start + 8], spec)
@@ -236,7 +230,7 @@ def check_parity(
     x = load_batch(images, spec)
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(x)).numpy()
-    got = ort_session(onnx_path).run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    got = inference_session(onnx_path).run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     report = ParityReport(
         images=len(images),
         max_abs_diff=float(np.max(np.abs(expected - got))),
