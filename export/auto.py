@@ -1,6 +1,8 @@
 """``--auto``: find the fastest quantization recipe that passes the gate.
 
-1. Sensitivity: for every quantizable layer, quantize everything *except* that layer (calibration
+Every trial keeps the recipe's own FP32 nodes (e.g. EfficientNet-Lite0's ``first:3``) and adds to them.
+
+1. Sensitivity: for every layer the recipe quantizes, quantize everything *except* that layer (calibration
    ranges are computed once and cached) and measure how much KL divergence to FP32 that saves on a
    subset of the evaluation photos.
 2. Candidates: the recipe as given, then with the 1, 2, 4 and 8 most sensitive layers kept in FP32,
@@ -81,11 +83,18 @@ def search(
     exact = exact_int8(config)
     cache = work / "auto.calib.json"
     xs, refs = x_eval[:subset], reference[:subset]
+    # Every trial keeps what the recipe already keeps in FP32 (e.g. EfficientNet-Lite0's first:3)
+    # and adds its own nodes to it.
+    given = tuple(resolve_keep_fp32(prepped, config.keep_fp32))
+
+    def plus(keep: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*config.keep_fp32, *keep)))
 
     def scan_quantize(keep: tuple[str, ...], out: Path) -> Path:
         from export.biascorr import apply_bias_deltas
 
         base = prepped
+        keep = plus(keep)
         if deltas:
             skip = resolve_keep_fp32(prepped, keep)
             base = apply_bias_deltas(prepped, work / "auto.base.onnx", deltas, skip=skip)
@@ -95,13 +104,15 @@ def search(
 
     def candidate(keep: tuple[str, ...], rounding: str, out: Path) -> Path:
         # The full recipe, calibrated afresh, exactly as it would ship.
-        recipe = config.replace(keep_fp32=keep, rounding=rounding)
+        recipe = config.replace(keep_fp32=plus(keep), rounding=rounding)
         return quantize_int8(fp32, out, calib_paths, recipe, spec, prepped_path=prepped)
 
     scan = work / "auto.scan.onnx"
     base_kl = _kl(refs, _run(scan_quantize((), scan), xs, exact))
     sensitivity: list[dict[str, Any]] = []
     for name, op in quantizable_nodes(prepped):
+        if name in given:
+            continue
         kl = _kl(refs, _run(scan_quantize((name,), scan), xs, exact))
         sensitivity.append({"node": name, "op": op, "gain": round(base_kl - kl, 5)})
     sensitivity.sort(key=lambda item: -float(item["gain"]))
@@ -127,7 +138,7 @@ def search(
         candidates.append(
             {
                 "name": label,
-                "keep_fp32": list(keep),
+                "keep_fp32": list(plus(keep)),
                 "rounding": rounding,
                 "agreement": agreement,
                 "speedup": round(ratio, 3),

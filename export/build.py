@@ -32,7 +32,7 @@ from export.evalset import (
 from export.metadata import imagenet_labels, write_metadata
 from export.onnx_export import ParityReport, check_parity, export_any, load_batch
 from export.quantize import QuantConfig, get_preset, prepare, quantize_int8
-from export.sources import DEFAULT_ARCH, load_source
+from export.sources import DEFAULT_ARCH, default_preset, load_source
 from imgbatch.cpus import int8_pairs_saturate
 from imgbatch.errors import UserError
 from imgbatch.modelfile import inference_session, open_session, quantization_is_saturation_safe
@@ -96,13 +96,19 @@ class ExportOptions:
     calib_dir: Path | None = None
     eval_dir: Path | None = None
     labels_csv: Path | None = None
-    eval_count: int = 200
+    eval_count: int = 1000
     thresholds: rep.Thresholds = rep.Thresholds()
     gate: bool = True
     auto: bool = False
     benchmark: bool = True
     bench_budget_s: float = 3.0
     fp32_output: Path | None = None
+
+
+def default_config(options: ExportOptions) -> QuantConfig:
+    """The recipe when none is given: the preset of the model's architecture (export.sources)."""
+    state_dict = options.torchscript is None and options.exported is None
+    return get_preset(default_preset(options.arch, state_dict))
 
 
 def _sizes_mb(path: Path) -> float:
@@ -192,7 +198,7 @@ def export_model(
     started = time.perf_counter()
     options = options or ExportOptions()
     output = Path(output).expanduser().absolute()
-    config = config or get_preset()
+    config = config or default_config(options)
     _prepare_output_dir(output)
     source = load_source(options.arch, options.weights, options.torchscript, options.exported)
     spec = source.spec
@@ -392,8 +398,8 @@ def build_model(
     ``fp32_output``, if given, also keeps the parity-checked FP32 ONNX (without metadata) there.
     """
     # Validating the recipe first means a bad count fails before any file or directory is touched.
-    config = (config or get_preset()).replace(calib_count=calib_count, calib_seed=seed)
     options = options or ExportOptions()
+    config = (config or default_config(options)).replace(calib_count=calib_count, calib_seed=seed)
     if fp32_output is not None:
         options = replace(options, fp32_output=fp32_output)
     return export_model(output, config, options)

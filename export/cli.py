@@ -35,13 +35,16 @@ def export_command(
     preset: Annotated[
         str | None,
         typer.Option(
-            help="Quantization preset (static-int8-gptq, static-int8-percentile-bias-corrected, "
-            "static-int8-per-channel, static-int8-bias-corrected, static-int8-fp32-ends, dynamic-int8, fp32)."
+            help="Quantization preset (default: the architecture's; static-int8-gptq-fp32-first-block, "
+            "static-int8-gptq, static-int8-percentile-bias-corrected, static-int8-per-channel, "
+            "static-int8-bias-corrected, static-int8-fp32-ends, dynamic-int8, fp32)."
         ),
     ] = None,
     keep_fp32: Annotated[
         list[str] | None,
-        typer.Option("--keep-fp32", help="Leave this node in FP32 (node name, first-conv or classifier)."),
+        typer.Option(
+            "--keep-fp32", help="Leave this node in FP32 (node name, first-conv, classifier, or first:N)."
+        ),
     ] = None,
     calib: Annotated[Path | None, typer.Option(help="Directory of calibration images.")] = None,
     calib_count: Annotated[int, typer.Option(min=1, help="Generated calibration photos (no --calib).")] = 100,
@@ -54,7 +57,7 @@ def export_command(
     ] = None,
     eval_count: Annotated[
         int, typer.Option(min=1, help="Generated natural evaluation photos (no --eval).")
-    ] = 200,
+    ] = 1000,
     min_agreement: Annotated[
         float | None,
         typer.Option(help="Gate: minimum INT8 top-1 agreement with FP32 (0.95; 0.985 with --auto)."),
@@ -84,7 +87,7 @@ def export_command(
         console.print(f"model already built: {target}")
         return
     try:
-        from export.build import ExportOptions, export_model
+        from export.build import ExportOptions, default_config, export_model
         from export.quantize import get_preset
         from export.report import Thresholds
     except ImportError as exc:
@@ -94,10 +97,6 @@ def export_command(
     for name, value in (("--min-agreement", min_agreement), ("--max-top1-drop", max_top1_drop)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise UserError(f"{name} must be a fraction between 0 and 1, got {value}")
-    config = get_preset(preset) if preset else get_preset()
-    config = config.replace(calib_count=calib_count)
-    if keep_fp32:
-        config = config.replace(keep_fp32=tuple(dict.fromkeys((*config.keep_fp32, *keep_fp32))))
     thresholds = Thresholds(
         min_agreement=min_agreement
         if min_agreement is not None
@@ -118,6 +117,11 @@ def export_command(
         gate=not no_gate,
         auto=auto,
     )
+    # No --preset: the one of the architecture (export.sources.Arch.preset).
+    config = get_preset(preset) if preset else default_config(options)
+    config = config.replace(calib_count=calib_count)
+    if keep_fp32:
+        config = config.replace(keep_fp32=tuple(dict.fromkeys((*config.keep_fp32, *keep_fp32))))
     try:
         result = export_model(target, config, options)
     finally:

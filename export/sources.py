@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from export.quantize import DEFAULT_PRESET
 from imgbatch.errors import UserError
 from imgbatch.preprocess import PreprocessSpec
 
@@ -28,6 +29,9 @@ class Arch:
     spec: PreprocessSpec
     # The bundled pretrained checkpoint, if this architecture has one (no download ever).
     default_weights: Callable[[], Path] | None = None
+    # The quantization preset `imgbatch export` uses for this architecture's checkpoints when none is
+    # named (export.quantize.PRESETS says what each measured).
+    preset: str = DEFAULT_PRESET
 
 
 def _efficientnet() -> torch.nn.Module:
@@ -53,7 +57,11 @@ def _archs() -> dict[str, Arch]:
 
     return {
         "efficientnet_lite0": Arch(
-            "efficientnet_lite0", _efficientnet, PreprocessSpec(), _efficientnet_weights
+            "efficientnet_lite0",
+            _efficientnet,
+            PreprocessSpec(),
+            _efficientnet_weights,
+            preset="static-int8-gptq-fp32-first-block",
         ),
         "resnet50": Arch("resnet50", _resnet50, RESNET_SPEC),
     }
@@ -61,6 +69,12 @@ def _archs() -> dict[str, Arch]:
 
 ARCH_NAMES = ("efficientnet_lite0", "resnet50")
 DEFAULT_ARCH = "efficientnet_lite0"
+
+
+def default_preset(arch_name: str, state_dict: bool = True) -> str:
+    """The preset for a model with no --preset: its architecture's for a state_dict (whose graph is
+    that architecture's), the general default for TorchScript / .pt2 files (any graph)."""
+    return get_arch(arch_name).preset if state_dict else DEFAULT_PRESET
 
 
 def get_arch(name: str) -> Arch:

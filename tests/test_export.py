@@ -74,7 +74,8 @@ def test_int8_model_contract(built: tuple[BuildReport, Path]) -> None:
     assert info.input_size == (3, 224, 224) and info.output == "logits"
     assert info.preprocess == PreprocessSpec()
     quant = QuantConfig.from_json(info.quantization)
-    assert quant == get_preset().replace(calib_count=32)
+    # No preset named: EfficientNet-Lite0's own (export.sources.Arch.preset).
+    assert quant == get_preset("static-int8-gptq-fp32-first-block").replace(calib_count=32)
     assert json.loads(quant_json_path(report.path).read_text()) == json.loads(info.quantization)
     assert info.extra[KEY_SOURCE_SHA256] == file_sha256(checkpoint_path())
     assert session.get_inputs()[0].name == "input" and session.get_outputs()[0].name == "logits"
@@ -100,6 +101,9 @@ def test_quant_config_validation_names_field() -> None:
         get_preset().replace(calib_count=0)
     with pytest.raises(UserError, match="unknown quantization preset"):
         get_preset("nope")
+    for bad in ("first:0", "first:x", "first:"):
+        with pytest.raises(QuantConfigError, match="first:N needs a count"):
+            get_preset().replace(keep_fp32=(bad,))
     preset = get_preset("static-int8-per-channel")
     assert QuantConfig.from_json(preset.to_json()) == preset
 
@@ -160,6 +164,28 @@ def test_fp32_nodes_of_a_recipe_stay_fp32_in_the_session(
     inference_session(model, 1, optimized_model_path=tmp_path / "as_run.onnx")
     ops = Counter(node.op_type for node in onnx.load(str(tmp_path / "as_run.onnx")).graph.node)
     assert ops["QLinearConv"] == len(convs) - 1, ops
+
+
+def test_default_recipe_runs_efficientnets_first_block_in_fp32(
+    built: tuple[BuildReport, Path], tmp_path: Path
+) -> None:
+    """EfficientNet-Lite0's default recipe leaves the stem and block 0 (first:3) in FP32 and only
+    those, in the graph ORT runs; other architectures and TorchScript/.pt2 files get the general one."""
+    from collections import Counter
+
+    from export.quantize import DEFAULT_PRESET, quantizable_nodes, resolve_keep_fp32
+    from export.sources import default_preset
+    from imgbatch.modelfile import inference_session
+
+    report, fp32 = built
+    nodes = quantizable_nodes(fp32)
+    assert resolve_keep_fp32(fp32, ("first:3", "first-conv")) == [name for name, _ in nodes[:3]]
+    assert [op for _, op in nodes[:3]] == ["Conv"] * 3
+    inference_session(report.path, 1, optimized_model_path=tmp_path / "as_run.onnx")
+    ops = Counter(node.op_type for node in onnx.load(str(tmp_path / "as_run.onnx")).graph.node)
+    assert ops["QLinearConv"] == sum(op == "Conv" for _, op in nodes) - 3, ops
+    assert default_preset("resnet50") == DEFAULT_PRESET
+    assert default_preset("efficientnet_lite0", state_dict=False) == DEFAULT_PRESET
 
 
 def test_saturation_safe_model_computes_the_same_on_fast_and_exact_kernels(

@@ -104,6 +104,26 @@ def test_torchscript_end_to_end(tmp_path: Path, tiny_files: dict[str, Path]) -> 
     assert session.run(None, {"input": torch.zeros(3, 3, 224, 224).numpy()})[0].shape == (3, 1000)
 
 
+def test_auto_searches_on_top_of_the_recipe(tmp_path: Path, tiny_files: dict[str, Path]) -> None:
+    """--auto scans every layer the recipe quantizes, keeps the recipe's own FP32 nodes in every
+    candidate, ships the chosen candidate, and says what it chose."""
+    out = tmp_path / "tiny.int8.onnx"
+    result = run_export(
+        "--torchscript", tiny_files["ts"], "-o", out, *FAST, "--auto", "--keep-fp32", "first-conv",
+        "--min-agreement", "0", "--min-speedup", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--auto: as given:" in result.stdout
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    auto = report["auto"]
+    scanned = {item["node"] for item in auto["sensitivity"]}
+    assert len(scanned) == 2  # the second conv and the classifier; the kept first conv is not scanned
+    assert all("first-conv" in cand["keep_fp32"] for cand in auto["candidates"]), auto["candidates"]
+    quant = json.loads(open_session(out)[1].quantization)
+    assert quant["name"].endswith("+auto") and "first-conv" in quant["keep_fp32"]
+    assert auto["chosen"].split(" (")[0] in {cand["name"] for cand in auto["candidates"]}
+
+
 def test_pt2_with_labels_and_fp32_preset(tmp_path: Path, tiny_files: dict[str, Path]) -> None:
     evald = tmp_path / "eval"
     make_variants(evald / "281", 3, seed=5, names=["cat"])
