@@ -7,6 +7,8 @@ file says exactly how it was made.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -393,25 +395,28 @@ def quantize_int8(
             prepped = rounded
             cache_path = None  # other weights and biases: other ranges downstream
         reader = PhotoCalibrationReader(calib_paths, spec, input_name, config.calib_batch_size)
-        quantize_static(
-            str(prepped),
-            str(output_path),
-            calibration_data_reader=reader,
-            quant_format=QuantFormat[config.quant_format],
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            activation_type=QuantType[config.activation_type],
-            weight_type=QuantType[config.weight_type],
-            calibrate_method=CalibrationMethod[config.calibrate_method],
-            nodes_to_exclude=exclude,
-            extra_options={
-                "TensorQuantOverrides": tensor_overrides(ranges),
-                "OpTypesToExcludeOutputQuantization": ["Gemm"] if config.float_logits else [],
-            },
-            calibration_cache_path=str(cache_path) if cache_path else None,
-            # No CalibMaxIntermediateOutputs: in this ORT the MinMax calibrator *discards* each full
-            # chunk instead of folding it into the ranges, so only the last chunk would count. It is
-            # not needed either: MinMax augments the graph with ReduceMin/ReduceMax and keeps only
-            # two scalars per tensor per batch.
-        )
+        # ORT's histogram calibrators (Percentile, Entropy, Distribution) print their progress to
+        # stdout; the export report is what the user reads there.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(prepped),
+                str(output_path),
+                calibration_data_reader=reader,
+                quant_format=QuantFormat[config.quant_format],
+                per_channel=config.per_channel,
+                reduce_range=config.reduce_range,
+                activation_type=QuantType[config.activation_type],
+                weight_type=QuantType[config.weight_type],
+                calibrate_method=CalibrationMethod[config.calibrate_method],
+                nodes_to_exclude=exclude,
+                extra_options={
+                    "TensorQuantOverrides": tensor_overrides(ranges),
+                    "OpTypesToExcludeOutputQuantization": ["Gemm"] if config.float_logits else [],
+                },
+                calibration_cache_path=str(cache_path) if cache_path else None,
+                # No CalibMaxIntermediateOutputs: in this ORT the MinMax calibrator *discards* each full
+                # chunk instead of folding it into the ranges, so only the last chunk would count. It is
+                # not needed either: MinMax augments the graph with ReduceMin/ReduceMax and keeps only
+                # two scalars per tensor per batch.
+            )
     return output_path

@@ -110,11 +110,13 @@ def session_options(
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Kept on (ORT's defaults, set here so they don't drift): with EfficientNet-Lite0 INT8 at batch 8,
-    # turning the CPU arena and/or memory patterns off measured 4.8-5.3 ms/image instead of 4.4-4.5 and
-    # did not lower peak RSS (the arena holds about one batch of activations, ~20-30 MB).
+    # The CPU arena stays on: without it EfficientNet-Lite0 INT8 measured 4.8-5.3 ms/image at batch 8
+    # instead of 4.4-4.5, and peak RSS went up. Memory patterns (one block pre-planned for every
+    # intermediate tensor of a batch shape) go off: with the FP32 first block of EfficientNet-Lite0's
+    # recipe they raised a worker's peak RSS at batch 8 from 176 to 202 MB (all-INT8 model: 170 vs
+    # 175) for no speed (2.23 vs 2.25 ms/image at batch 8, one thread).
     options.enable_cpu_mem_arena = True
-    options.enable_mem_pattern = True
+    options.enable_mem_pattern = False
     options.log_severity_level = 3
     if exact_int8:
         # ORT's u8u8 kernels: exact on every x86 CPU, slower than u8s8 without VNNI (export.saturation).

@@ -151,8 +151,10 @@ def open_image(path: str | Path, spec: PreprocessSpec, max_pixels: int = DEFAULT
             if scale < 0.5:  # Pillow picks the factor that `draft_factor` computes for the fast path
                 img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
         img.load()
-        upright: Image.Image = ImageOps.exif_transpose(img) or img
-        return _to_rgb(upright)
+        # In place: without it, exif_transpose returns a full copy of every image it does not rotate
+        # (a 1200x1200 PNG: 5.8 MB more at a worker's peak RSS, for nothing).
+        ImageOps.exif_transpose(img, in_place=True)
+        return _to_rgb(img)
     except ImageDecodeError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

@@ -181,10 +181,12 @@ def test_exif_orientations_match_pillow(real_jpegs: list[Path]) -> None:
 
 
 def test_fast_and_pillow_give_the_same_top1_on_the_sample_photos(model_path: Path, photo_dir: Path) -> None:
-    """Every sample photo the model is sure about (top-1 probability >= 0.3) keeps its top-1 label.
+    """Every sample photo the model is sure about (top-1 probability >= 0.3 and 0.1 above the
+    runner-up) keeps its top-1 label, and the cat and the coffee keep a label of their kind.
 
-    The others (astronaut, cells, hubble deep field, retina: no ImageNet class, top-1 below 0.2) flip
-    between neighbouring guesses under any perturbation, even Gaussian noise of half a pixel level.
+    The others flip between neighbouring guesses under any perturbation, even Gaussian noise of half a
+    pixel level: astronaut, cells, hubble deep field, retina (no ImageNet class, top-1 below 0.2), and
+    the cat, which even FP32 splits between Egyptian cat and tiger cat (0.37 / 0.35).
     """
     from imgbatch.modelfile import open_session
     from imgbatch.samples import EXPECTED_CLASSES
@@ -198,12 +200,14 @@ def test_fast_and_pillow_give_the_same_top1_on_the_sample_photos(model_path: Pat
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     pillow, fast = probs[: len(paths)], probs[len(paths) :]
-    confident = [i for i in range(len(paths)) if pillow[i].max() >= 0.3]
-    assert {paths[i].stem for i in confident} >= set(EXPECTED_CLASSES)
-    for i in confident:
+    top2 = np.sort(pillow, axis=1)[:, -2:]
+    sure = [i for i in range(len(paths)) if top2[i, 1] >= 0.3 and top2[i, 1] - top2[i, 0] >= 0.1]
+    assert "coffee" in {paths[i].stem for i in sure}
+    for i in sure:
         assert fast[i].argmax() == pillow[i].argmax(), paths[i].name
     for stem, classes in EXPECTED_CLASSES.items():
-        assert int(fast[[p.stem for p in paths].index(stem)].argmax()) in classes
+        index = [p.stem for p in paths].index(stem)
+        assert int(fast[index].argmax()) in classes and int(pillow[index].argmax()) in classes, stem
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK"])
