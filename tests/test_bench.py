@@ -27,6 +27,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
         [
             "bench", str(images), "--images", "40", "--workers", "1", "--batch-sizes", "8",
             "--model", str(model_path), "--fp32-model", str(model_path), "--work-dir", str(work), "--json",
+            "--ray",
         ],
         imgbatch_env(tmp_path),
         timeout=240,
@@ -50,7 +51,13 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     assert result["fp32"]["results"] == 40
 
     ratios = result["ratios"]
-    for name in ("pipeline_vs_bare_pillow", "pipeline_vs_bare_fast", "int8_vs_fp32", "peak_rss_mb_batch8"):
+    # Ray Data ran the same 40 files through the workers' Classifier: every one came back, the
+    # decodable ones with a label (as many as the bare loop decoded).
+    ray = result["bare"]["ray"]
+    assert ray["images"] == 40 and ray["classified"] == result["bare"]["fast"]["images"], ray
+    assert _positive(ray["images_per_s"]) and _positive(ray["images_per_s_with_startup"])
+    names = ("pipeline_vs_bare_pillow", "pipeline_vs_bare_fast", "int8_vs_fp32", "pipeline_vs_ray")
+    for name in (*names, "peak_rss_mb_batch8"):
         assert _positive(ratios[name]), (name, ratios[name])
     assert ratios["scaling"] is None  # one worker count: no scaling line
     assert set(result["targets"]) >= {"pipeline_vs_bare_pillow", "int8_vs_fp32", "scaling"}

@@ -68,6 +68,12 @@ def bench_command(
     repeat: Annotated[
         int, typer.Option("--repeat", min=1, help="Rounds; each figure is the best of its rounds.")
     ] = 1,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray", help="Also run the job on Ray Data: same images, decode and model (imgbatch[ray])."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
 ) -> None:
     """Bare decode+inference loop vs the full pipeline (submit -> Redis -> Celery workers -> database),
@@ -89,6 +95,11 @@ def bench_command(
     primary_batch = PRIMARY_BATCH if PRIMARY_BATCH in batches else max(batches)
     primary_workers = max(worker_counts)
     fp32_path = None if no_fp32 else (fp32_model or _fp32_sibling(model_path)).resolve()
+    if ray:
+        try:
+            import ray as _ray  # noqa: F401
+        except ImportError:
+            raise UserError("--ray needs Ray Data: pip install 'imgbatch[ray]'") from None
 
     keep = work_dir is not None
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="imgbatch-bench-"))
@@ -108,6 +119,7 @@ def bench_command(
             fp32_path,
             work,
             repeat,
+            ray,
         )
         result["work_dir"] = str(work) if keep else None
     finally:
@@ -133,6 +145,7 @@ def _bench(
     fp32_path: Path | None,
     work: Path,
     repeat: int = 1,
+    ray: bool = False,
 ) -> dict[str, Any]:
     import onnxruntime
 
@@ -179,6 +192,11 @@ def _bench(
                     f"{tag}bare loop ({mode}): {len(found)} images, {cpus} processes, batch {INFER_BATCH}"
                 )
                 _keep_best(bare, mode, bare_loop(model_path, found, mode, cpus, INFER_BATCH, cpus).as_dict())
+            if ray:
+                from imgbatch.bench.ray_data import ray_data_run
+
+                err.print(f"{tag}Ray Data: {primary_workers} actors, batch {primary_batch}")
+                _keep_best(bare, "ray", ray_data_run(model_path, found, primary_workers, primary_batch, cpus))
             todo = [("int8", model_path, w, b) for w, b in configs]
             if fp32_path is not None:
                 todo.append(("fp32", fp32_path, primary_workers, primary_batch))
@@ -202,6 +220,7 @@ def _bench(
         "pipeline_vs_bare_fast": ratio(primary, bare["fast"]["images_per_s"]),
         "pipeline_vs_bare_model_only": ratio(primary, bare["model"]["images_per_s"]),
         "int8_vs_fp32": ratio(primary, fp32_run["images_per_s"] if fp32_run else None),
+        "pipeline_vs_ray": ratio(primary, bare["ray"]["images_per_s"] if "ray" in bare else None),
         "scaling": ratio(rate(primary_workers, primary_batch), rate(1, primary_batch))
         if primary_workers > 1 and 1 in worker_counts
         else None,
