@@ -24,10 +24,13 @@ class _Classify:
     """A Ray Data actor around the very ``Classifier`` a Celery worker process uses (decode, ORT calls of
     worker.classify.INFER_BATCH images, top-5): only the queue and the database are left out."""
 
-    def __init__(self, model: str, threads: int) -> None:
+    model = ""  # set on a subclass per run: constructor arguments would go through Ray's object store
+    threads = 1
+
+    def __init__(self) -> None:
         from worker.classify import Classifier
 
-        self.classifier = Classifier.load(Path(model), threads)
+        self.classifier = Classifier.load(Path(self.model), self.threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         preds = self.classifier.classify([str(p) for p in batch["path"]])
@@ -46,13 +49,12 @@ def ray_data_run(model: Path, paths: list[Path], actors: int, batch_size: int, c
     small = paths[: min(max(actors * batch_size * 8, 64), len(paths) // 4)]
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
-        logging.getLogger("ray").setLevel(logging.ERROR)  # Ray Data logs every execution at INFO
+        actor = type("Classify", (_Classify,), {"model": str(model), "threads": threads})
         ray.data.DataContext.get_current().enable_progress_bars = False
 
         def run(items: list[Path]) -> tuple[int, int, float]:
             ds = ray.data.from_items([{"path": str(p)} for p in items]).map_batches(
-                _Classify,
-                fn_constructor_kwargs={"model": str(model), "threads": threads},
+                actor,
                 batch_size=batch_size,
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=cpus / actors,
