@@ -24,7 +24,7 @@ class _Classify:
     """A Ray Data actor around the very ``Classifier`` a Celery worker process uses (decode, ORT calls of
     worker.classify.INFER_BATCH images, top-5): only the queue and the database are left out."""
 
-    model = ""  # set on a subclass per run: constructor arguments would go through Ray's object store
+    model = ""  # set on a subclass per run, so the actor takes no constructor arguments
     threads = 1
 
     def __init__(self) -> None:
@@ -53,6 +53,10 @@ def ray_data_run(model: Path, paths: list[Path], actors: int, batch_size: int, c
         ray.data.DataContext.get_current().enable_progress_bars = False
 
         def run(items: list[Path]) -> tuple[int, int, float]:
+            # Ray Data's console handler prints every execution at INFO (its log file keeps them).
+            for handler in logging.getLogger("ray.data").handlers:
+                if handler.get_name() == "console":
+                    handler.setLevel(logging.ERROR)
             ds = ray.data.from_items([{"path": str(p)} for p in items]).map_batches(
                 actor,
                 batch_size=batch_size,
