@@ -87,14 +87,11 @@ def search(
     # and adds its own nodes to it.
     given = tuple(resolve_keep_fp32(prepped, config.keep_fp32))
 
-    def plus(keep: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*config.keep_fp32, *keep)))
-
     def scan_quantize(keep: tuple[str, ...], out: Path) -> Path:
         from export.biascorr import apply_bias_deltas
 
         base = prepped
-        keep = plus(keep)
+        keep = config.keeping_fp32(keep).keep_fp32
         if deltas:
             skip = resolve_keep_fp32(prepped, keep)
             base = apply_bias_deltas(prepped, work / "auto.base.onnx", deltas, skip=skip)
@@ -104,7 +101,7 @@ def search(
 
     def candidate(keep: tuple[str, ...], rounding: str, out: Path) -> Path:
         # The full recipe, calibrated afresh, exactly as it would ship.
-        recipe = config.replace(keep_fp32=plus(keep), rounding=rounding)
+        recipe = config.keeping_fp32(keep).replace(rounding=rounding)
         return quantize_int8(fp32, out, calib_paths, recipe, spec, prepped_path=prepped)
 
     scan = work / "auto.scan.onnx"
@@ -138,7 +135,7 @@ def search(
         candidates.append(
             {
                 "name": label,
-                "keep_fp32": list(plus(keep)),
+                "keep_fp32": list(config.keeping_fp32(keep).keep_fp32),
                 "rounding": rounding,
                 "agreement": agreement,
                 "speedup": round(ratio, 3),

@@ -121,7 +121,7 @@ def export_command(
     config = get_preset(preset) if preset else default_config(options)
     config = config.replace(calib_count=calib_count)
     if keep_fp32:
-        config = config.replace(keep_fp32=tuple(dict.fromkeys((*config.keep_fp32, *keep_fp32))))
+        config = config.keeping_fp32(keep_fp32)
     try:
         result = export_model(target, config, options)
     finally:

@@ -32,6 +32,12 @@ CLASSIFIER = "classifier"
 FIRST_N = "first:"  # "first:3": the first three quantizable nodes in graph order
 
 
+def first_count(item: str) -> int | None:
+    """N of a "first:N" selector; None if ``item`` is not one with a count N >= 1."""
+    count = item[len(FIRST_N) :] if item.startswith(FIRST_N) else ""
+    return int(count) if count.isdigit() and int(count) > 0 else None
+
+
 class QuantConfigError(UserError):
     """A quantization recipe with an invalid field."""
 
@@ -91,8 +97,7 @@ class QuantConfig:
         if not isinstance(self.keep_fp32, tuple) or not all(isinstance(n, str) and n for n in self.keep_fp32):
             raise bad("keep_fp32", "must be a list of node names (or first-conv, classifier, first:N)")
         for item in self.keep_fp32:
-            count = item[len(FIRST_N) :] if item.startswith(FIRST_N) else "1"
-            if not (count.isdigit() and int(count) > 0):
+            if item.startswith(FIRST_N) and first_count(item) is None:
                 raise bad("keep_fp32", f"{item!r}: first:N needs a count N >= 1")
         if self.rounding not in _ROUNDINGS:
             raise bad("rounding", f"must be one of {', '.join(_ROUNDINGS)}")
@@ -111,6 +116,10 @@ class QuantConfig:
 
     def replace(self, **changes: object) -> QuantConfig:
         return QuantConfig(**{**asdict(self), **changes})  # type: ignore[arg-type]
+
+    def keeping_fp32(self, nodes: Sequence[str]) -> QuantConfig:
+        """This recipe with ``nodes`` left in FP32 too (after its own, without repeats)."""
+        return self.replace(keep_fp32=tuple(dict.fromkeys((*self.keep_fp32, *nodes))))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -253,8 +262,9 @@ def resolve_keep_fp32(model_path: Path, keep: Sequence[str]) -> list[str]:
     names = [name for name, _ in nodes]
     resolved: list[str] = []
     for item in keep:
-        if item.startswith(FIRST_N):
-            resolved.extend(n for n in names[: int(item[len(FIRST_N) :])] if n not in resolved)
+        count = first_count(item)
+        if count is not None:
+            resolved.extend(n for n in names[:count] if n not in resolved)
             continue
         if item == FIRST_CONV:
             name = next((n for n, op in nodes if op == "Conv"), None)

@@ -95,11 +95,10 @@ def bench_command(
     primary_batch = PRIMARY_BATCH if PRIMARY_BATCH in batches else max(batches)
     primary_workers = max(worker_counts)
     fp32_path = None if no_fp32 else (fp32_model or _fp32_sibling(model_path)).resolve()
-    if ray:
-        try:
-            import ray as _ray  # noqa: F401
-        except ImportError:
-            raise UserError("--ray needs Ray Data: pip install 'imgbatch[ray]'") from None
+    if ray:  # fail before any work, not after the bare loops
+        from imgbatch.bench.ray_data import require_ray
+
+        require_ray()
 
     keep = work_dir is not None
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="imgbatch-bench-"))

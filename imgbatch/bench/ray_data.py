@@ -38,13 +38,18 @@ class _Classify:
         return {"path": batch["path"], "label": labels}
 
 
-def ray_data_run(model: Path, paths: list[Path], actors: int, batch_size: int, cpus: int) -> dict[str, Any]:
-    """Images/s of Ray Data classifying ``paths`` with ``actors`` actors of cpus // actors ORT threads."""
+def require_ray() -> Any:
+    """The ray module, or one readable error saying how to install it."""
     try:
         import ray
     except ImportError as exc:
         raise UserError("--ray needs Ray Data: pip install 'imgbatch[ray]'") from exc
+    return ray
 
+
+def ray_data_run(model: Path, paths: list[Path], actors: int, batch_size: int, cpus: int) -> dict[str, Any]:
+    """Images/s of Ray Data classifying ``paths`` with ``actors`` actors of cpus // actors ORT threads."""
+    ray = require_ray()
     threads = max(1, cpus // actors)
     small = paths[: min(max(actors * batch_size * 8, 64), len(paths) // 4)]
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
