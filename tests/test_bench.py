@@ -47,6 +47,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     for stage in STAGES:
         q = run["stages"][stage]
         assert 0 <= q["p50"] <= q["p95"] <= q["p99"], (stage, q)
+        assert math.isfinite(q["mean"]) and q["mean"] >= 0, (stage, q)
     assert len(run["peak_rss_mb"]) == 1 and _positive(run["peak_rss_mb"][0])
     assert result["fp32"]["results"] == 40
 
@@ -56,12 +57,19 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     ray = result["bare"]["ray"]
     assert ray["images"] == 40 and ray["classified"] == result["bare"]["fast"]["images"], ray
     assert _positive(ray["images_per_s"]) and _positive(ray["images_per_s_with_startup"])
-    names = ("pipeline_vs_bare_pillow", "pipeline_vs_bare_fast", "int8_vs_fp32", "pipeline_vs_ray")
+    names = (
+        "pipeline_vs_bare_pillow", "pipeline_vs_bare_fast", "int8_vs_fp32", "pipeline_vs_ray",
+        "int8_vs_fp32_inference", "int8_vs_fp32_ceiling",
+    )  # fmt: skip
     for name in (*names, "peak_rss_mb_batch8"):
         assert _positive(ratios[name]), (name, ratios[name])
     assert ratios["scaling"] is None  # one worker count: no scaling line
     assert set(result["targets"]) >= {"pipeline_vs_bare_pillow", "int8_vs_fp32", "scaling"}
     assert result["one_result_per_image"] is True
+    from imgbatch.bench.cli import render
+
+    rendered = render(result)  # the text form of the same figures explains the INT8 / FP32 line
+    assert "of which: inference alone" in rendered and "at most, with this set's decode cost" in rendered
     parity = result["decoder_parity"]
     assert parity["images"] > 0 and 0 <= parity["top1_agreement"] <= 1
 
@@ -85,6 +93,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     )  # fmt: skip
     assert text.returncode == 0, text.stderr
     assert "pipeline / bare loop with Pillow decode" in text.stdout
+    assert "inference alone" not in text.stdout  # --no-fp32: nothing to explain the INT8 / FP32 line with
     assert "peak RSS MB/worker" in text.stdout
 
 

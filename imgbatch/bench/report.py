@@ -108,4 +108,16 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
         value = _fmt(check["value"], 1 if name == "peak_rss_mb_batch8" else 3)
         lines.append(f"{label:<66} {value:>8}   target {check['target']:<7} {verdict}")
+        if name == "int8_vs_fp32":
+            for key, text in _INT8_EXPLAINED.items():
+                if result["ratios"].get(key) is not None:
+                    lines.append(f"{text:<66} {_fmt(result['ratios'][key], 3):>8}")
     return lines
+
+
+# Printed under the INT8 / FP32 line: the model's own ratio and the most the pipeline's can be when
+# both decode the same files (from the two runs' mean per-image times).
+_INT8_EXPLAINED = {
+    "int8_vs_fp32_inference": "  of which: inference alone (mean infer ms/image in the two runs)",
+    "int8_vs_fp32_ceiling": "  at most, with this set's decode cost: (decode + infer) FP32 / INT8",
+}
