@@ -71,10 +71,11 @@ def search(
     that was measured, so what ``--auto`` reports is what ships."""
     from export.build import _speed_ratio, exact_int8
 
-    # The scan rounds to nearest whatever the recipe says: it only ranks layers, and GPTQ per trial
-    # would cost a minute each. Bias shifts are measured once: each depends only on its own node, so
-    # a trial that keeps nodes in FP32 just leaves their biases alone (apply_bias_deltas(skip=...)).
-    scan_config = config.replace(rounding="nearest")
+    # The scan rounds to nearest and skips measured bias correction whatever the recipe says: it only
+    # ranks layers, and GPTQ or a measured correction per trial would cost 15-60 s each. Analytic bias
+    # shifts are measured once: each depends only on its own node, so a trial that keeps nodes in FP32
+    # just leaves their biases alone (apply_bias_deltas(skip=...)).
+    scan_config = config.replace(rounding="nearest", measured_bias_correction=False)
     deltas = (
         config_bias_deltas(prepped, calib_paths, spec, scan_config, safe_weight_ranges(prepped, scan_config))
         if config.bias_correction

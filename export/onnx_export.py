@@ -188,9 +188,17 @@ def tensor_batches(
     model_path: Path, tensors: Iterable[str], paths: Sequence[Path], spec: PreprocessSpec, input_name: str
 ) -> Iterator[dict[str, np.ndarray]]:
     """Run the FP32 graph on ``paths`` in batches of 8 and yield each batch's values of ``tensors``
-    (intermediate tensors made graph outputs on a temporary copy beside ``model_path``; the input
-    itself is included under ``input_name``). Calibration statistics (bias correction, GPTQ) read these.
-    """
+    (the input itself is included under ``input_name``). Calibration statistics (bias correction, GPTQ)
+    read these; photos are decoded batch by batch."""
+    batches = (load_batch(paths[start : start + 8], spec) for start in range(0, len(paths), 8))
+    return tensor_values(model_path, tensors, batches, input_name)
+
+
+def tensor_values(
+    model_path: Path, tensors: Iterable[str], batches: Iterable[np.ndarray], input_name: str
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``model_path`` on each input batch and yield its values of ``tensors`` (intermediate tensors
+    made graph outputs on a temporary copy beside ``model_path``) and of the input."""
     augmented = onnx.load(str(model_path))
     present = {o.name for o in augmented.graph.output}
     for name in sorted(set(tensors) - {input_name} - present):
@@ -200,8 +208,7 @@ def tensor_batches(
     try:
         session = inference_session(aug_path, 0)
         outputs = [o.name for o in session.get_outputs()]
-        for start in range(0, len(paths), 8):
-            x = load_batch(paths[start : start + 8], spec)
+        for x in batches:
             values = dict(zip(outputs, session.run(None, {input_name: x}), strict=True))
             values[input_name] = x
             yield values

@@ -90,3 +90,27 @@ def test_unknown_job(env: dict[str, str]) -> None:
 def test_usage_errors_exit_nonzero_without_traceback(env: dict[str, str]) -> None:
     proc = run_cli(["submit", "--batch-size", "0", "/tmp"], env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_bench_refuses_a_wrong_fp32_twin_before_any_work(
+    env: dict[str, str], tmp_path: Path, model_path: Path
+) -> None:
+    """A wrong --fp32-model is one line at once, not after minutes of bare loops and pipeline runs."""
+    import json
+
+    import onnx
+
+    images = tmp_path / "bench-set"
+    plain = _onnx_without_metadata(tmp_path / "plain.onnx")
+    proc = run_cli(["bench", str(images), "--images", "8", "--fp32-model", str(plain)], env)
+    assert_one_line_error(proc, "not an imgbatch model")
+    relabelled = onnx.load(str(model_path))
+    for prop in relabelled.metadata_props:
+        if prop.key == "imgbatch.labels":
+            prop.value = json.dumps([f"class {i}" for i in range(len(json.loads(prop.value)))])
+    onnx.save(relabelled, str(tmp_path / "other.fp32.onnx"))
+    proc = run_cli(
+        ["bench", str(images), "--images", "8", "--fp32-model", str(tmp_path / "other.fp32.onnx")], env
+    )
+    assert_one_line_error(proc, "not an FP32 twin", "labels differ")
+    assert not images.exists()  # refused before the benchmark set was written

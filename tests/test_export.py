@@ -325,3 +325,47 @@ def test_unsafe_int8_model_runs_on_exact_kernels_where_it_would_saturate(
     x = np.stack([load_tensor(p, PreprocessSpec()) for p in photos.values()])
     got = unsafe_session.run(None, {"input": x})[0]
     np.testing.assert_allclose(got, _logits(unsafe, x, True), atol=1e-5)
+
+
+def test_measured_bias_correction_brings_layer_means_to_fp32(
+    built: tuple[BuildReport, Path], tmp_path: Path
+) -> None:
+    """After measured bias correction, every INT8 layer's mean output per channel is where FP32 has it,
+    on photos it measured and on photos it did not; only the int32 bias initializers change."""
+    from onnx import numpy_helper
+
+    from export.measured_bias import _layers, _stats, correct_biases
+    from export.onnx_export import load_batch
+    from export.quantize import prepare, quantize_int8
+    from imgbatch.samples import make_variants
+
+    _, fp32 = built
+    spec = PreprocessSpec()
+    calib = make_variants(tmp_path / "calib", 16, seed=0)
+    unseen = load_batch(make_variants(tmp_path / "unseen", 16, seed=7), spec)
+    config = get_preset("static-int8-gptq-fp32-first-block").replace(
+        rounding="nearest", measured_bias_correction=False, calib_count=16
+    )
+    prepped = prepare(fp32, tmp_path / "prepped.onnx")
+    model = quantize_int8(fp32, tmp_path / "int8.onnx", calib, config, spec, prepped_path=prepped)
+    layers = _layers(onnx.load(str(model)))
+    reference, _ = _stats(prepped, [la.fp32_output for la in layers], {}, unseen, "input")
+
+    def unseen_error() -> float:
+        means, _ = _stats(model, [la.read_output for la in layers], {}, unseen, "input")
+        errors = [means[la.read_output] - reference[la.fp32_output] for la in layers]
+        return float(np.mean([np.abs(e).mean() for e in errors]))
+
+    def initializers() -> dict[str, np.ndarray]:
+        return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(model)).graph.initializer}
+
+    before, error_before = initializers(), unseen_error()
+    result = correct_biases(model, prepped, calib, spec)
+    after = initializers()
+
+    assert result.layers == len(layers) > 40  # every INT8 conv and the classifier
+    assert result.mean_abs_error_after < 0.2 * result.mean_abs_error_before, result
+    assert unseen_error() < 0.7 * error_before
+    changed = {name for name in before if not np.array_equal(before[name], after[name])}
+    assert changed <= {la.bias for la in layers} and len(changed) > 40
+    assert all(after[name].dtype == np.int32 for name in changed)

@@ -95,6 +95,8 @@ def bench_command(
     primary_batch = PRIMARY_BATCH if PRIMARY_BATCH in batches else max(batches)
     primary_workers = max(worker_counts)
     fp32_path = None if no_fp32 else (fp32_model or _fp32_sibling(model_path)).resolve()
+    if fp32_path is not None and fp32_path.is_file():
+        _check_twin(fp32_path, info, model_path)  # before any work: a wrong file surfaces in seconds
     if ray:  # fail before any work, not after the bare loops
         from imgbatch.bench.ray_data import require_ray
 
@@ -318,6 +320,20 @@ def _keep_best(table: dict[Any, dict[str, Any]], key: Any, result: dict[str, Any
     if key not in table or result["images_per_s"] > table[key]["images_per_s"]:
         table[key] = result
     table[key]["all_images_per_s"] = [*seen, result["images_per_s"]]
+
+
+def _check_twin(fp32_path: Path, info: Any, model_path: Path) -> None:
+    """The FP32 model must be an imgbatch model that reads images as the INT8 one does."""
+    from imgbatch.errors import ModelFileError
+    from imgbatch.modelfile import read_model_info
+
+    twin = read_model_info(fp32_path)
+    for what in ("labels", "preprocess"):
+        if getattr(twin, what) != getattr(info, what):
+            raise ModelFileError(
+                f"{fp32_path} is not an FP32 twin of {model_path}: its {what} differ "
+                "(give --fp32-model, or remove it to have it exported)"
+            )
 
 
 def _fp32_sibling(model: Path) -> Path:

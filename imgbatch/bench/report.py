@@ -119,5 +119,5 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
 # both decode the same files (from the two runs' mean per-image times).
 _INT8_EXPLAINED = {
     "int8_vs_fp32_inference": "  of which: inference alone (mean infer ms/image in the two runs)",
-    "int8_vs_fp32_ceiling": "  at most, with this set's decode cost: (decode + infer) FP32 / INT8",
+    "int8_vs_fp32_ceiling": "  at most, as both decode the same files: (decode+infer) FP32/INT8",
 }
