@@ -2,17 +2,22 @@
 
 Every trial keeps the recipe's own FP32 nodes (e.g. EfficientNet-Lite0's ``first:3``) and adds to them.
 
+The search sees only its own photos (``build``: the ``--calib`` images when given, else other variants
+of the natural photos, ``evalset.search_set``), never the evaluation photos: choosing the best of 8
+candidates by a figure good to +-0.5% would otherwise bias the very figure the gate then checks.
+
 1. Sensitivity: for every layer the recipe quantizes, quantize everything *except* that layer (calibration
    ranges are computed once and cached) and measure how much KL divergence to FP32 that saves on a
-   subset of the evaluation photos.
+   subset of the search photos.
 2. Candidates: the recipe as given, then with the 1, 2, 4 and 8 most sensitive layers kept in FP32,
    with first conv + classifier in FP32, and with the other weight rounding (nearest <-> GPTQ,
    export.rounding), alone and with first conv + classifier in FP32; each calibrated afresh,
-   measured on all evaluation photos (top-1 agreement) and for speed against FP32 ONNX at batch 8
+   measured on all search photos (top-1 agreement) and for speed against FP32 ONNX at batch 8
    on one thread. The chosen candidate's file is the one that ships: no re-quantization after the
    search.
-3. Choice: the fastest candidate that meets the agreement threshold (and the speed threshold);
-   if none does, the most accurate one, which the gate will then refuse with its figures.
+3. Choice: the fastest candidate that meets the agreement threshold (and the speed threshold) on the
+   search photos; if none does, the most accurate one. The gate then measures it on the evaluation
+   photos.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ def search(
     calib_paths: Sequence[Path],
     config: QuantConfig,
     spec: PreprocessSpec,
-    x_eval: np.ndarray,
+    x_search: np.ndarray,
     reference: np.ndarray,
     thresholds: rep.Thresholds,
     budget: float = 2.0,
@@ -83,7 +88,7 @@ def search(
     )
     exact = exact_int8(config)
     cache = work / "auto.calib.json"
-    xs, refs = x_eval[:subset], reference[:subset]
+    xs, refs = x_search[:subset], reference[:subset]
     # Every trial keeps what the recipe already keeps in FP32 (e.g. EfficientNet-Lite0's first:3)
     # and adds its own nodes to it.
     given = tuple(resolve_keep_fp32(prepped, config.keep_fp32))
@@ -129,9 +134,9 @@ def search(
     candidates: list[dict[str, Any]] = []
     for i, (label, keep, rounding) in enumerate(options):
         path = candidate(keep, rounding, work / f"auto.candidate{i}.onnx")
-        logits = _run(path, x_eval, exact)
+        logits = _run(path, x_search, exact)
         agreement = float(np.mean(logits.argmax(1) == reference.argmax(1)))
-        ratio = _speed_ratio(fp32, path, x_eval[:8], budget, exact)
+        ratio = _speed_ratio(fp32, path, x_search[:8], budget, exact)
         passes = agreement >= thresholds.min_agreement and ratio >= thresholds.min_speedup
         candidates.append(
             {
@@ -144,7 +149,8 @@ def search(
                 "path": str(path),
             }
         )
-        print(f"  --auto: {label}: top-1 agreement {agreement:.1%}, {ratio:.2f}x FP32 ONNX", flush=True)
+        figures = f"top-1 agreement {agreement:.1%} on the search photos, {ratio:.2f}x FP32 ONNX"
+        print(f"  --auto: {label}: {figures}", flush=True)
     passing = [c for c in candidates if c["passes"]]
     best = (
         max(passing, key=lambda c: c["speedup"])

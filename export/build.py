@@ -28,6 +28,7 @@ from export.evalset import (
     list_images,
     load_eval_dir,
     natural_eval_set,
+    search_set,
 )
 from export.metadata import imagenet_labels, write_metadata
 from export.onnx_export import ParityReport, check_parity, export_any, load_batch
@@ -235,6 +236,14 @@ def export_model(
         if options.auto and config.mode == "static":
             from export.auto import search
 
+            # Photos the gate will not see (export.auto): the user's calibration images, or other
+            # variants of the natural photos.
+            search_paths = calib_paths
+            where = f"calibration images from {options.calib_dir}"
+            if not options.calib_dir:
+                search_paths = search_set(work / "search", options.eval_count)
+                where = "other variants of the natural photos"
+            x_search = load_batch(search_paths, spec)
             config, auto_info, quantized = search(
                 fp32,
                 prepped,
@@ -242,11 +251,12 @@ def export_model(
                 calib_paths,
                 config,
                 spec,
-                x_eval,
-                torch_logits,
+                x_search,
+                _logits(_torch_runner(model, rep.all_cores()), x_search),
                 options.thresholds,
                 budget=min(options.bench_budget_s, 2.0),
             )
+            auto_info["search_photos"] = f"{len(search_paths)} {where}, not the evaluation photos"
         if quantized is None:
             quantized = quantize_int8(
                 fp32,

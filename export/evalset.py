@@ -8,7 +8,8 @@ package (``imgbatch.samples``), so nothing is downloaded:
 * evaluation ("natural photos"): ``eval_count`` variants of the 37 natural photos (scikit-image's
   cat, coffee, astronaut, rocket, motorcycle and the bundled ones) with a different seed
   (``EVAL_SEED``) and a longer side of at least 320 px (a photo, not an upscaled thumbnail).
-  scikit-image's microscope / telescope / fundus samples are not natural photos and stay out of it.
+  scikit-image's microscope / telescope / fundus samples are not natural photos and stay out of it;
+* search (``--auto``): as many variants of the same natural photos, another seed (``SEARCH_SEED``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ from imgbatch.samples import bundled_photo_names, make_variants, natural_photo_n
 
 NATURAL_PHOTOS = natural_photo_names()
 EVAL_SEED = 1001
+# ``--auto`` ranks its candidates on other variants of the same photos (export.auto): the gate's
+# figure then comes from photos the search never saw.
+SEARCH_SEED = 2002
 EVAL_MIN_SIDE = 320
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 def natural_eval_set(directory: Path, count: int, seed: int = EVAL_SEED) -> list[Path]:
     return make_variants(directory, count, seed=seed, names=NATURAL_PHOTOS, min_side=EVAL_MIN_SIDE)
+
+
+def search_set(directory: Path, count: int) -> list[Path]:
+    return natural_eval_set(directory, count, seed=SEARCH_SEED)
 
 
 def calibration_set(directory: Path, count: int, seed: int) -> list[Path]:

@@ -202,7 +202,10 @@ def markdown(report: dict) -> str:  # type: ignore[type-arg]
             "",
             "## --auto search",
             "",
-            "| recipe | FP32 nodes | top-1 agree | speed-up b8 1T | passes |",
+            f"Candidates ranked on {report['auto'].get('search_photos', 'the evaluation photos')}; "
+            "the table above and the gate measure the evaluation photos.",
+            "",
+            "| recipe | FP32 nodes | top-1 agree (search photos) | speed-up b8 1T | passes |",
             "|---|---|---|---|---|",
         ]
         for cand in report["auto"]["candidates"]:

@@ -123,6 +123,20 @@ def test_auto_searches_on_top_of_the_recipe(tmp_path: Path, tiny_files: dict[str
     quant = json.loads(open_session(out)[1].quantization)
     assert quant["name"].endswith("+auto") and "first-conv" in quant["keep_fp32"]
     assert auto["chosen"].split(" (")[0] in {cand["name"] for cand in auto["candidates"]}
+    # The search ranked candidates on its own photos: 8 other variants, not the 8 evaluation photos.
+    assert auto["search_photos"] == "8 other variants of the natural photos, not the evaluation photos"
+    assert "on the search photos" in result.stdout
+
+    # With the user's calibration images, the search ranks on those (their domain, unseen by the gate).
+    calib = tmp_path / "calib"
+    make_variants(calib, 6, seed=3)
+    result = run_export(
+        "--torchscript", tiny_files["ts"], "-o", out, *FAST, "--auto", "--calib", calib,
+        "--min-agreement", "0", "--min-speedup", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    auto = json.loads(out.with_suffix(".report.json").read_text())["auto"]
+    assert auto["search_photos"] == f"6 calibration images from {calib}, not the evaluation photos"
 
 
 def test_pt2_with_labels_and_fp32_preset(tmp_path: Path, tiny_files: dict[str, Path]) -> None:
