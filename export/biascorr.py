@@ -20,6 +20,11 @@ from onnx import numpy_helper
 from imgbatch.preprocess import PreprocessSpec
 
 
+def channel_mean(a: np.ndarray) -> np.ndarray:
+    """Mean per channel: axis 1 of NCHW activations, the last axis of anything else."""
+    return a.mean(axis=(0, 2, 3)) if a.ndim == 4 else a.reshape(-1, a.shape[-1]).mean(axis=0)  # type: ignore[no-any-return]
+
+
 def _input_means(
     model_path: Path, tensors: list[str], paths: Sequence[Path], spec: PreprocessSpec, input_name: str
 ) -> dict[str, np.ndarray]:
@@ -30,8 +35,7 @@ def _input_means(
     for values in tensor_batches(model_path, tensors, paths, spec, input_name):
         for name in tensors:
             a = values[name]
-            mean = a.mean(axis=(0, 2, 3)) if a.ndim == 4 else a.reshape(-1, a.shape[-1]).mean(0)
-            sums[name] = sums.get(name, 0) + mean.astype(np.float64) * len(a)
+            sums[name] = sums.get(name, 0) + channel_mean(a).astype(np.float64) * len(a)
         count += len(values[input_name])
     return {name: value / count for name, value in sums.items()}
 

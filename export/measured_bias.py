@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from export.biascorr import channel_mean
 from imgbatch.preprocess import PreprocessSpec
 
 # A channel whose values are nearly all clipped barely moves with its bias (see correct_biases): its
@@ -47,11 +48,6 @@ class _Layer:
     bias_scale: np.ndarray  # per output channel: float bias = int32 bias * scale
     # The float range of the output's QuantizeLinear (None: a float output); values outside are clipped.
     output_range: tuple[float, float] | None
-
-
-def _channel_mean(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    return a.mean(axis=(0, 2, 3)) if a.ndim == 4 else a.reshape(-1, a.shape[-1]).mean(axis=0)
 
 
 def _layers(model: onnx.ModelProto) -> list[_Layer]:
@@ -100,9 +96,9 @@ def _stats(
     for values in tensor_values(model_path, [*means_of, *ranges], batches, input_name):
         n = len(values[input_name]) / len(x)
         for name in means_of:
-            means[name] = means.get(name, 0) + _channel_mean(values[name]) * n
+            means[name] = means.get(name, 0) + channel_mean(values[name].astype(np.float64)) * n
         for name, (low, high) in ranges.items():
-            share = _channel_mean((values[name] > low) & (values[name] < high))
+            share = channel_mean(((values[name] > low) & (values[name] < high)).astype(np.float64))
             inside[name] = inside.get(name, 0) + share * n
     return means, inside
 

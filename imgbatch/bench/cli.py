@@ -214,8 +214,8 @@ def _bench(
     def rate(w: int, b: int) -> float | None:
         return next((r["images_per_s"] for r in runs if (r["workers"], r["batch_size"]) == (w, b)), None)
 
-    primary = rate(primary_workers, primary_batch)
     primary_run = best.get(("int8", primary_workers, primary_batch))
+    primary = primary_run["images_per_s"] if primary_run else None
     rss8 = [v for r in runs if r["infer_batch"] == 8 for v in r["peak_rss_mb"]]
     figures = {
         "pipeline_vs_bare_pillow": ratio(primary, bare["pillow"]["images_per_s"]),
