@@ -43,17 +43,6 @@ from imgbatch.modelfile import inference_session
 from imgbatch.preprocess import PreprocessSpec
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _kl(reference: np.ndarray, logits: np.ndarray) -> float:
-    p = _softmax(reference.astype(np.float64))
-    q = _softmax(logits.astype(np.float64))
-    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
-
-
 def _run(path: Path, x: np.ndarray, exact: bool = False) -> np.ndarray:
     session = inference_session(path, rep.all_cores(), exact)
     return np.concatenate([session.run(None, {"input": x[i : i + 16]})[0] for i in range(0, len(x), 16)])
@@ -111,12 +100,12 @@ def search(
         return quantize_int8(fp32, out, calib_paths, recipe, spec, prepped_path=prepped)
 
     scan = work / "auto.scan.onnx"
-    base_kl = _kl(refs, _run(scan_quantize((), scan), xs, exact))
+    base_kl = rep.kl_divergence(refs, _run(scan_quantize((), scan), xs, exact))
     sensitivity: list[dict[str, Any]] = []
     for name, op in quantizable_nodes(prepped):
         if name in given:
             continue
-        kl = _kl(refs, _run(scan_quantize((name,), scan), xs, exact))
+        kl = rep.kl_divergence(refs, _run(scan_quantize((name,), scan), xs, exact))
         sensitivity.append({"node": name, "op": op, "gain": round(base_kl - kl, 5)})
     sensitivity.sort(key=lambda item: -float(item["gain"]))
     helpful = [str(item["node"]) for item in sensitivity if float(item["gain"]) > 0]

@@ -299,6 +299,19 @@ def export_model(
             decoders = _decoder_check(
                 evaluation.paths, spec, int8_logits, _torch_runner(model, rep.all_cores()), int8_runner, y
             )
+        error_sources = None
+        if config.mode == "static":
+            from export import error_sources as errs
+
+            figures = errs.measure(
+                prepped,
+                staged_model,
+                work,
+                lambda path: _logits(_onnx_runner(path, rep.all_cores(), exact), x_eval),
+                torch_logits,
+                int8_logits,
+            )
+            error_sources = errs.describe(figures)
         if options.benchmark:
             runners: dict[str, Callable[[int], rep.Runner]] = {
                 "PyTorch eager FP32": lambda t: _torch_runner(model, t),
@@ -336,6 +349,7 @@ def export_model(
             ),
             "evaluation": evaluation.describe() + "; reference for agreement: PyTorch eager FP32",
             "decoders": decoders,
+            "error_sources": error_sources,
             "machine": f"{rep.all_cores()} cores, "
             + (
                 "x86 without VNNI"

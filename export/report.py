@@ -79,6 +79,19 @@ def _topk(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-logits, axis=1, kind="stable")[:, :k]
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def kl_divergence(reference: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL(softmax(reference) || softmax(logits)) over the rows: how far a model's output
+    distribution is from FP32's, a finer figure than top-1 agreement."""
+    p = _softmax(reference.astype(np.float64))
+    q = _softmax(logits.astype(np.float64))
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
+
+
 def fill_accuracy(row: Row, logits: np.ndarray, reference: np.ndarray, labels: Sequence[int] | None) -> None:
     """Agreement with the FP32 reference's top-1, mean top-5 overlap, and accuracy when labelled."""
     top5, ref5 = _topk(logits, 5), _topk(reference, 5)
@@ -166,6 +179,7 @@ def markdown(report: dict) -> str:  # type: ignore[type-arg]
         ("calibration", "Calibration"),
         ("evaluation", "Evaluation"),
         ("decoders", "Decoders"),
+        ("error_sources", "Error sources"),
         ("machine", "Machine"),
     ):
         if report.get(key):

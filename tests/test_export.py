@@ -369,3 +369,55 @@ def test_measured_bias_correction_brings_layer_means_to_fp32(
     changed = {name for name in before if not np.array_equal(before[name], after[name])}
     assert changed <= {la.bias for la in layers} and len(changed) > 40
     assert all(after[name].dtype == np.int32 for name in changed)
+
+
+def test_error_sources_split_the_int8_error_into_weights_and_activations(
+    built: tuple[BuildReport, Path], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    """The two hybrids are what the report says: the FP32 graph with exactly the INT8 model's
+    (dequantized) weights, and the INT8 graph with exactly FP32's weights; each lands between."""
+    from collections import Counter
+
+    from onnx import numpy_helper
+
+    from export import error_sources as errs
+    from export.onnx_export import load_batch
+    from export.quantize import prepare, quantizable_nodes
+
+    report, fp32 = built
+    assert report.report is not None and "INT8 weights alone" in report.report["error_sources"]
+    prepped = prepare(fp32, tmp_path / "prepped.onnx")
+    weights = errs.int8_weights_alone(prepped, report.path, tmp_path / "w.onnx")
+    acts = errs.int8_activations_alone(prepped, report.path, tmp_path / "a.onnx")
+
+    def graph(path: Path) -> tuple[Counter[str], dict[str, np.ndarray], dict[str, list[str]]]:
+        model = onnx.load(str(path))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return (
+            Counter(n.op_type for n in model.graph.node),
+            inits,
+            {n.name: list(n.input) for n in model.graph.node},
+        )
+
+    (ops_f, inits_f, nodes_f), (ops_w, inits_w, nodes_w) = graph(prepped), graph(weights)
+    (ops_q, _, _), (ops_a, inits_a, nodes_a) = graph(report.path), graph(acts)
+    quantized = errs._dequantized_params(onnx.load(str(report.path)))
+    layers = [name for name, _ in quantizable_nodes(prepped)]
+    assert len(quantized) == len(layers) - 3  # all but the first block (first:3)
+    assert ops_w == ops_f and "QuantizeLinear" not in ops_w  # the FP32 graph, float activations
+    assert ops_a["QuantizeLinear"] == ops_q["QuantizeLinear"] > 40  # every activation Q/DQ stays
+    for name in layers:
+        w_fp32 = inits_f[nodes_f[name][1]]
+        if name not in quantized:  # the recipe's FP32 layers are FP32 in both hybrids
+            assert np.array_equal(inits_w[nodes_w[name][1]], w_fp32)
+            continue
+        assert np.array_equal(inits_w[nodes_w[name][1]], quantized[name][0])
+        assert not np.array_equal(quantized[name][0], w_fp32)
+        assert np.array_equal(inits_a[nodes_a[name][1]], w_fp32)  # float weight straight into the layer
+
+    x = load_batch(list(photos.values()), PreprocessSpec())
+    ref, int8 = _logits(fp32, x, False), _logits(report.path, x, False)
+    figures = errs.measure(prepped, report.path, tmp_path, lambda p: _logits(p, x, False), ref, int8)
+    kl = {name: f["kl"] for name, f in figures.items()}
+    assert 0 < kl["weights alone"] < kl["both"] and 0 < kl["activations alone"] < kl["both"], kl
+    assert all(0.0 <= f["top1_agreement"] <= 1.0 for f in figures.values())
