@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import kombu.exceptions
 import redis
@@ -114,16 +115,20 @@ class Feeder:
         self.all_sent = False
         self.stats.resweeps += 1
 
+    def _queue_length(self) -> int:
+        # A sync client; redis-py's stubs type llen for the async client too.
+        return int(cast(int, self.redis.llen(self.queue)))
+
     def _queue_empty(self) -> bool:
         try:
-            return int(self.redis.llen(self.queue)) == 0
+            return self._queue_length() == 0
         except (redis.exceptions.RedisError, OSError):
             return False
 
     def _top_up(self) -> None:
         if self.all_sent:
             return
-        room = self.max_in_flight - int(self.redis.llen(self.queue))
+        room = self.max_in_flight - self._queue_length()
         if room <= 0:
             return
         with self.sessions() as session, app.producer_or_acquire() as producer:
