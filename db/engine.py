@@ -10,8 +10,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from imgbatch.errors import UserError
-from imgbatch.settings import redact_url
+from imgbatch.core.errors import UserError
+from imgbatch.core.settings import redact_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -28,15 +30,29 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
-class JobState:
+class JobState(StrEnum):
     RUNNING = "running"
     DONE = "done"
 
 
-class ImageState:
+class ImageStatus(StrEnum):
+    """An image's outcome; a result row is OK or ERROR, an image without one is PENDING."""
+
     PENDING = "pending"
-    DONE = "done"
+    OK = "ok"
     ERROR = "error"
+
+
+def _stored_as_text(enum: type[StrEnum], length: int) -> Enum:
+    # VARCHAR holding the enum's values (not its member names), no CHECK constraint: adding a member
+    # later needs no table rebuild on SQLite.
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [m.value for m in members],
+    )
 
 
 class Job(Base):
@@ -45,7 +61,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    state: Mapped[str] = mapped_column(String(16), default=JobState.RUNNING)
+    state: Mapped[JobState] = mapped_column(_stored_as_text(JobState, 16), default=JobState.RUNNING)
     # The resolved directories the job was submitted with; workers read nothing outside them.
     roots: Mapped[list[Any]] = mapped_column(JSON)
     model_path: Mapped[str] = mapped_column(Text)
@@ -69,7 +85,7 @@ class Image(Base):
     path: Mapped[str] = mapped_column(Text)
     # ...and keeps its exact bytes here, so the worker can still open it.
     raw_path: Mapped[bytes | None] = mapped_column(LargeBinary)
-    state: Mapped[str] = mapped_column(String(16), default=ImageState.PENDING)
+    state: Mapped[ImageStatus] = mapped_column(_stored_as_text(ImageStatus, 16), default=ImageStatus.PENDING)
 
     job: Mapped[Job] = relationship(back_populates="images")
     result: Mapped[Result | None] = relationship(back_populates="image", uselist=False)
@@ -89,7 +105,7 @@ class Result(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(8))  # "ok" or "error"
+    status: Mapped[ImageStatus] = mapped_column(_stored_as_text(ImageStatus, 8))  # OK or ERROR
     label: Mapped[str | None] = mapped_column(Text)
     class_index: Mapped[int | None] = mapped_column(Integer)
     score: Mapped[float | None] = mapped_column(Float)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from imgbatch.errors import UserError
+from imgbatch.core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,8 +39,8 @@ from export.quantize import (
     resolve_keep_fp32,
     safe_weight_ranges,
 )
-from imgbatch.modelfile import inference_session
-from imgbatch.preprocess import PreprocessSpec
+from imgbatch.core.modelfile import inference_session
+from imgbatch.core.preprocess import PreprocessSpec
 
 
 def _run(path: Path, x: np.ndarray, exact: bool = False) -> np.ndarray:

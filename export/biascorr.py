@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from imgbatch.preprocess import PreprocessSpec
+from imgbatch.core.preprocess import PreprocessSpec
 
 
 def channel_mean(a: np.ndarray) -> np.ndarray:

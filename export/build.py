@@ -2,7 +2,7 @@
 
 The output is written atomically: everything is built in a temporary file beside ``output`` and
 moved into place with ``os.replace`` only after it has been re-opened through
-``imgbatch.modelfile.open_session``. A failed build leaves ``output`` as it was.
+``imgbatch.core.modelfile.open_session``. A failed build leaves ``output`` as it was.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from export.metadata import imagenet_labels, write_metadata
 from export.onnx_export import ParityReport, check_parity, export_any, load_batch
 from export.quantize import QuantConfig, get_preset, prepare, quantize_int8
 from export.sources import DEFAULT_ARCH, default_preset, load_source
-from imgbatch.cpus import int8_pairs_saturate
-from imgbatch.errors import UserError
-from imgbatch.modelfile import inference_session, open_session, quantization_is_saturation_safe
-from imgbatch.preprocess import PreprocessSpec
-from imgbatch.samples import write_photos
+from imgbatch.core.cpus import int8_pairs_saturate
+from imgbatch.core.errors import UserError
+from imgbatch.core.modelfile import inference_session, open_session, quantization_is_saturation_safe
+from imgbatch.core.preprocess import PreprocessSpec
+from imgbatch.core.samples import write_photos
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def _decoder_check(
     The evaluation photos are decoded again by Pillow alone; FP32 on those is the reference for both.
     ``int8_fast``: INT8 logits on the photos as decoded for the rest of the report (fast path).
     """
-    from imgbatch import preprocess
+    from imgbatch.core import preprocess
 
     if not preprocess.HAVE_FAST_JPEG:
         return None

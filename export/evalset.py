@@ -1,7 +1,7 @@
 """Calibration and evaluation photos, made offline, and user-given image directories with labels.
 
 Default sets are JPEG variants (crop, flip, rescale, quality) of real photos that ship with the
-package (``imgbatch.samples``), so nothing is downloaded:
+package (``imgbatch.core.samples``), so nothing is downloaded:
 
 * calibration: ``calib_count`` variants of all photos (scikit-image's and the 32 bundled ones),
   seed ``calib_seed`` (0);
@@ -18,8 +18,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgbatch.errors import UserError
-from imgbatch.samples import bundled_photo_names, make_variants, natural_photo_names, photo_names
+from imgbatch.core.errors import UserError
+from imgbatch.core.samples import bundled_photo_names, make_variants, natural_photo_names, photo_names
 
 NATURAL_PHOTOS = natural_photo_names()
 EVAL_SEED = 1001

@@ -32,7 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from export.biascorr import channel_mean
-from imgbatch.preprocess import PreprocessSpec
+from imgbatch.core.preprocess import PreprocessSpec
 
 # A channel whose values are nearly all clipped barely moves with its bias (see correct_biases): its
 # step is capped at 1 / MIN_SHARE times the error.

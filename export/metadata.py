@@ -1,4 +1,4 @@
-"""Write the imgbatch model-file contract (``imgbatch.modelfile``) into an ONNX model's metadata_props."""
+"""Write the imgbatch model-file contract (``imgbatch.core.modelfile``) into an ONNX model's metadata."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections import Counter
 
 import onnx
 
-from imgbatch import modelfile
-from imgbatch.errors import UserError
-from imgbatch.preprocess import PreprocessSpec
+from imgbatch.core import modelfile
+from imgbatch.core.errors import UserError
+from imgbatch.core.preprocess import PreprocessSpec
 
 KEY_SOURCE_SHA256 = "imgbatch.source_sha256"  # sha256 of the PyTorch checkpoint the weights came from
 KEY_VERSIONS = "imgbatch.build_versions"  # JSON {"torch": ..., "onnx": ..., "onnxruntime": ...}

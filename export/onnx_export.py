@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import torch
 
-from imgbatch.errors import UserError
-from imgbatch.modelfile import inference_session
-from imgbatch.preprocess import PreprocessSpec, load_tensor
+from imgbatch.core.errors import UserError
+from imgbatch.core.modelfile import inference_session
+from imgbatch.core.preprocess import PreprocessSpec, load_tensor
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from export.saturation import WeightRange
-from imgbatch.errors import UserError
-from imgbatch.preprocess import PreprocessSpec, load_tensor
+from imgbatch.core.errors import UserError
+from imgbatch.core.preprocess import PreprocessSpec, load_tensor
 
 _FORMATS = ("QDQ", "QOperator")
 _TYPES = ("QInt8", "QUInt8")
@@ -52,7 +52,7 @@ class QuantConfig:
     activation_type: str = "QUInt8"
     weight_type: str = "QInt8"
     calibrate_method: str = "MinMax"
-    # Variants of the bundled photos (imgbatch.samples.make_variants) used for calibration.
+    # Variants of the bundled photos (imgbatch.core.samples.make_variants) used for calibration.
     calib_count: int = 100
     calib_seed: int = 0
     calib_batch_size: int = 8
@@ -74,7 +74,7 @@ class QuantConfig:
     # Weight scales chosen so that ORT's u8s8 kernels on x86 CPUs without VNNI (AVX2, AVX-512
     # without VNNI) cannot saturate their 16-bit pair sums (export.saturation). Off, the model is only
     # exact on VNNI CPUs; workers elsewhere then switch ORT to its slower exact kernels
-    # (imgbatch.modelfile).
+    # (imgbatch.core.modelfile).
     saturation_safe: bool = True
     # How weights become integers: "nearest", or "gptq", which rounds each layer's weights so that its
     # *output* error on the calibration photos is smallest (export.rounding).

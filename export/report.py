@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgbatch.errors import UserError
+from imgbatch.core.errors import UserError
 
 Runner = Callable[[np.ndarray], np.ndarray]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imgbatch.preprocess import PreprocessSpec
+from imgbatch.core.preprocess import PreprocessSpec
 
 ARCH = "resnet50"
 NUM_CLASSES = 1000

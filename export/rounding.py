@@ -29,7 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from export.saturation import WeightRange
-from imgbatch.preprocess import PreprocessSpec
+from imgbatch.core.preprocess import PreprocessSpec
 
 PAIR_LIMIT = 128  # 255 * 128 < 32767: a same-sign pair of codes this small cannot saturate 16 bits
 QMAX = 127

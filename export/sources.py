@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from export.quantize import DEFAULT_PRESET
-from imgbatch.errors import UserError
-from imgbatch.preprocess import PreprocessSpec
+from imgbatch.core.errors import UserError
+from imgbatch.core.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)

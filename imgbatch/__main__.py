@@ -1,3 +1,3 @@
-from imgbatch.cli import main
+from imgbatch.cli.app import main
 
 main()

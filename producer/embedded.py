@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from db.engine import ensure_schema, make_engine
-from imgbatch.errors import UserError
-from imgbatch.modelfile import read_model_info
-from imgbatch.settings import Settings
+from imgbatch.core.errors import UserError
+from imgbatch.core.modelfile import read_model_info
+from imgbatch.core.settings import Settings
 from producer.local_redis import local_redis
 from producer.submit import Submitted, feed, record_job
 from worker.app import check_redis

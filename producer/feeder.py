@@ -22,9 +22,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from db.engine import session_factory
-from db.queries import finish_job_if_complete, job_counts, next_image_batch
-from imgbatch.settings import redact_url
-from worker.app import TASK_CLASSIFY, app
+from db.reads import job_counts, next_image_batch
+from db.writes import finish_job_if_complete
+from imgbatch.core.settings import redact_url
+from worker.app import TASK_CLASSIFY, ImgbatchCelery
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +40,23 @@ class FeedStats:
 
 class Feeder:
     def __init__(
-        self,
-        engine: Engine,
-        job_id: str,
-        batch_size: int,
-        broker_url: str,
-        queue: str,
-        max_in_flight: int,
-        stall_seconds: float,
-        poll_seconds: float = 0.25,
+        self, app: ImgbatchCelery, engine: Engine, job_id: str, batch_size: int, poll_seconds: float = 0.25
     ) -> None:
+        """Feed `job_id` through `app` (its broker and settings) in messages of `batch_size` paths."""
+        settings = app.settings
+        self.app = app
         self.sessions = session_factory(engine)
         self.job_id = job_id
         self.batch_size = batch_size
-        self.queue = queue
-        self.max_in_flight = max_in_flight
-        self.stall_seconds = stall_seconds
+        self.queue = settings.queue_name
+        self.max_in_flight = settings.max_in_flight
+        self.stall_seconds = settings.stall_seconds
         self.poll_seconds = poll_seconds
-        self.broker_url = broker_url
-        self.redis = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=5)
+        self.broker_url = str(app.conf.broker_url)
+        self.redis = redis.Redis.from_url(self.broker_url, socket_connect_timeout=2, socket_timeout=5)
         self.cursor = 0  # highest image id sent in the current sweep
         self.all_sent = False
         self.stats = FeedStats()
-        app.conf.broker_url = broker_url
 
     def run(self, wait: bool, on_progress: Progress | None = None) -> FeedStats:
         """Send every pending image; with `wait`, also block until none is pending."""
@@ -131,13 +126,13 @@ class Feeder:
         room = self.max_in_flight - self._queue_length()
         if room <= 0:
             return
-        with self.sessions() as session, app.producer_or_acquire() as producer:
+        with self.sessions() as session, self.app.producer_or_acquire() as producer:
             for _ in range(room):
                 batch = next_image_batch(session, self.job_id, self.cursor, self.batch_size)
                 if not batch:
                     self.all_sent = True
                     return
-                app.send_task(
+                self.app.send_task(
                     TASK_CLASSIFY,
                     kwargs={
                         "job_id": self.job_id,

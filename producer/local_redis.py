@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from imgbatch.errors import UserError
+from imgbatch.core.errors import UserError
 
 
 def redis_server_binary() -> str:

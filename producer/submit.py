@@ -9,13 +9,14 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from db.engine import ensure_schema, session_factory
-from db.queries import add_images, create_job, find_unfinished_job, get_job
-from imgbatch.errors import UserError
-from imgbatch.modelfile import read_model_info
-from imgbatch.settings import Settings
+from db.reads import find_unfinished_job, job_batch_size, job_counts
+from db.writes import add_images, create_job
+from imgbatch.core.errors import UserError
+from imgbatch.core.modelfile import read_model_info
+from imgbatch.core.settings import Settings
 from producer.feeder import Feeder, Progress
 from producer.scan import resolve_roots, scan
-from worker.app import check_redis
+from worker.app import check_redis, create_app
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Submitted:
     job_id: str
     images: int
     resumed: bool
+    finished: int = 0  # images of a resumed job that already have their result
 
 
 def record_job(
@@ -47,7 +49,8 @@ def record_job(
         with sessions.begin() as session:
             found = find_unfinished_job(session, roots, info.graph_sha256)
             if found is not None:
-                return Submitted(found.id, found.total_images, resumed=True)
+                counts = job_counts(session, found.id)
+                return Submitted(found.id, counts.total, resumed=True, finished=counts.finished)
     job_id = uuid.uuid4().hex
     with sessions.begin() as session:
         create_job(session, job_id, roots, str(model_path.resolve()), info.graph_sha256, batch_size)
@@ -68,14 +71,5 @@ def feed(
 ) -> None:
     """Send the job's pending images with back-pressure; with `wait`, until none is pending."""
     with session_factory(engine)() as session:
-        batch_size = get_job(session, job_id).batch_size
-    feeder = Feeder(
-        engine,
-        job_id,
-        batch_size,
-        broker_url,
-        settings.queue_name,
-        settings.max_in_flight,
-        settings.stall_seconds,
-    )
-    feeder.run(wait, on_progress)
+        batch_size = job_batch_size(session, job_id)
+    Feeder(create_app(settings, broker_url), engine, job_id, batch_size).run(wait, on_progress)

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 from db.engine import make_engine, session_factory
-from db.queries import get_job
-from db.stats import job_summary
-from imgbatch.cpus import usable_cpus
+from db.reads import find_job, job_summary
+from imgbatch.core.cpus import usable_cpus
 from producer.local_redis import local_redis
 from producer.scan import IMAGE_EXTENSIONS
 
@@ -75,7 +74,7 @@ def run_job(env: dict[str, str], job_dir: Path, replicas: int, log_dir: Path) ->
             log.close()
     engine = make_engine(env["IMGBATCH_DATABASE_URL"])
     with session_factory(engine)() as session:
-        summary = job_summary(session, get_job(session, job_id).id)
+        summary = job_summary(session, find_job(session, job_id).id)
     engine.dispose()
     # From the first result to the last: worker start-up and submission are left out of both runs.
     assert summary.first_result_at and summary.last_result_at

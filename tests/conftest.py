@@ -118,7 +118,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled real photos as JPEG files: cat.jpg, coffee.jpg, ..."""
-    from imgbatch.samples import write_photos
+    from imgbatch.core.samples import write_photos
 
     directory = tmp_path_factory.mktemp("photos")
     write_photos(directory)

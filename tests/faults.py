@@ -16,7 +16,7 @@ import redis
 from sqlalchemy import func, select
 
 from db.engine import make_engine, session_factory
-from db.models import Image, ImageState, Result
+from db.models import Image, ImageStatus, Result
 from producer.local_redis import free_port, start_redis_server
 
 
@@ -162,7 +162,7 @@ class JobCounter:
             distinct = s.scalar(distinct_ids) or 0
             pending_q = select(func.count()).select_from(Image)
             pending = (
-                s.scalar(pending_q.where(Image.job_id == job_id, Image.state == ImageState.PENDING)) or 0
+                s.scalar(pending_q.where(Image.job_id == job_id, Image.state == ImageStatus.PENDING)) or 0
             )
         return images, rows, distinct, pending
 

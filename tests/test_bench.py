@@ -66,7 +66,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     assert ratios["scaling"] is None  # one worker count: no scaling line
     assert set(result["targets"]) >= {"pipeline_vs_bare_pillow", "int8_vs_fp32", "scaling"}
     assert result["one_result_per_image"] is True
-    from imgbatch.bench.cli import render
+    from imgbatch.cli.bench import render
 
     rendered = render(result)  # the text form of the same figures explains the INT8 / FP32 line
     assert "of which: inference alone" in rendered and "at most, as both decode the same files" in rendered
@@ -121,8 +121,8 @@ def test_fp32_twin_has_the_int8_models_contract_and_classifies(
     """The FP32 model bench compares against is exported from the same checkpoint and carries the INT8
     model's labels and preprocessing; it classifies the photos the same way."""
     from imgbatch.bench.models import ensure_fp32_model
-    from imgbatch.modelfile import open_session
-    from imgbatch.preprocess import load_tensor
+    from imgbatch.core.modelfile import open_session
+    from imgbatch.core.preprocess import load_tensor
 
     twin = ensure_fp32_model(model_path, tmp_path / "twin.fp32.onnx")
     fp32, fp32_info = open_session(twin)

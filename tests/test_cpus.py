@@ -6,11 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imgbatch.cpus import cgroup_cpu_limit
+from imgbatch.core.cpus import cgroup_cpu_limit
 
 
 def test_affinity_limits_the_count() -> None:
-    code = "from imgbatch.cpus import usable_cpus; print(usable_cpus())"
+    code = "from imgbatch.core.cpus import usable_cpus; print(usable_cpus())"
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
@@ -41,7 +41,7 @@ def test_cgroup_v1_quota(tmp_path: Path) -> None:
 def test_int8_pairs_saturate_without_vnni(tmp_path: Path) -> None:
     import platform
 
-    from imgbatch.cpus import int8_pairs_saturate
+    from imgbatch.core.cpus import int8_pairs_saturate
 
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     cpuinfo = tmp_path / "cpuinfo"

@@ -8,16 +8,8 @@ from sqlalchemy.exc import IntegrityError
 
 from db.engine import ensure_schema, make_engine, session_factory
 from db.models import Image, Result
-from db.queries import (
-    add_images,
-    create_job,
-    finish_job_if_complete,
-    get_job,
-    iter_image_batches,
-    job_counts,
-    save_results,
-)
-from imgbatch.errors import UserError
+from db.reads import NotFound, find_job, iter_image_batches, job_counts
+from db.writes import add_images, create_job, finish_job_if_complete, save_results
 
 
 def _row(job_id: str, image_id: int, status: str = "ok") -> dict:
@@ -61,11 +53,11 @@ def test_redelivered_batch_writes_nothing_twice(sessions) -> None:  # type: igno
     with sessions.begin() as s:
         assert s.scalar(select(func.count()).select_from(Result)) == 2
         counts = job_counts(s, "job1")
-        assert (counts.done, counts.error, counts.pending) == (1, 1, 1)
+        assert (counts.ok, counts.error, counts.pending) == (1, 1, 1)
         assert not finish_job_if_complete(s, "job1")
         save_results(s, [_row("job1", ids[2])])
         assert finish_job_if_complete(s, "job1")
-        assert get_job(s, "job1").state == "done"
+        assert find_job(s, "job1").state == "done"
 
 
 def test_unique_constraint_is_enforced_by_the_database(sessions) -> None:  # type: ignore[no-untyped-def]
@@ -89,10 +81,10 @@ def test_adding_the_same_paths_again_adds_nothing(sessions) -> None:  # type: ig
 
 def test_job_lookup_by_latest_prefix_and_unknown(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions.begin() as s:
-        with pytest.raises(UserError, match="no jobs yet"):
-            get_job(s, "latest")
+        with pytest.raises(NotFound, match="no jobs yet"):
+            find_job(s, "latest")
         create_job(s, "abc123", ["/x"], "/m.onnx", "a" * 64, 2)
-        assert get_job(s, "latest").id == "abc123"
-        assert get_job(s, "abc").id == "abc123"
-        with pytest.raises(UserError, match="no job"):
-            get_job(s, "zzz")
+        assert find_job(s, "latest").id == "abc123"
+        assert find_job(s, "abc").id == "abc123"
+        with pytest.raises(NotFound, match="no job"):
+            find_job(s, "zzz")

@@ -43,7 +43,7 @@ SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d49
 TORCH_PIN = "torch==2.13.0"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 APP_SERVICES = {"migrate", "model", "worker", "producer"}
-# IMGBATCH_* variables set in compose that imgbatch.settings does not define (yet): the workers'
+# IMGBATCH_* variables set in compose that imgbatch.core.settings does not define (yet): the workers'
 # metrics port belongs to the metrics change.
 SETTINGS_ADDED_ELSEWHERE = {"IMGBATCH_METRICS_PORT"}
 
@@ -277,7 +277,7 @@ def compose_problems(compose: dict[str, Any]) -> list[str]:
 
 
 def _settings_env_names() -> set[str]:
-    from imgbatch.settings import Settings
+    from imgbatch.core.settings import Settings
 
     return {f"IMGBATCH_{name.upper()}" for name in Settings.model_fields}
 

@@ -14,7 +14,7 @@ from conftest import imgbatch_env, run_cli
 from db.engine import make_engine, session_factory
 from db.models import Result
 from faults import descendants
-from imgbatch.samples import make_variants
+from imgbatch.core.samples import make_variants
 
 
 def _alive(pid: int) -> bool:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from conftest import run_cli
 from db.engine import make_engine, session_factory
 from db.models import Image, Result
-from imgbatch.samples import EXPECTED_CLASSES
+from imgbatch.core.samples import EXPECTED_CLASSES
 
 BROKEN = {
     "empty.jpg": (b"", "empty file"),

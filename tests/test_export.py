@@ -20,10 +20,10 @@ from export.metadata import KEY_SOURCE_SHA256, graph_sha256  # noqa: E402
 from export.onnx_export import ParityError, check_parity  # noqa: E402
 from export.quantize import QuantConfig, QuantConfigError, get_preset  # noqa: E402
 from export.sources import file_sha256  # noqa: E402
-from imgbatch.errors import UserError  # noqa: E402
-from imgbatch.modelfile import open_session  # noqa: E402
-from imgbatch.preprocess import PreprocessSpec, load_tensor  # noqa: E402
-from imgbatch.samples import EXPECTED_CLASSES, write_photos  # noqa: E402
+from imgbatch.core.errors import UserError  # noqa: E402
+from imgbatch.core.modelfile import open_session  # noqa: E402
+from imgbatch.core.preprocess import PreprocessSpec, load_tensor  # noqa: E402
+from imgbatch.core.samples import EXPECTED_CLASSES, write_photos  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_failed_build_keeps_previous_model(tmp_path: Path, monkeypatch: pytest.M
 
 
 def _logits(path: Path, x: np.ndarray, exact: bool) -> np.ndarray:
-    from imgbatch.modelfile import inference_session
+    from imgbatch.core.modelfile import inference_session
 
     return np.asarray(inference_session(path, 1, exact).run(None, {"input": x})[0])
 
@@ -153,8 +153,8 @@ def test_fp32_nodes_of_a_recipe_stay_fp32_in_the_session(
     from collections import Counter
 
     from export.quantize import quantizable_nodes, quantize_int8
-    from imgbatch.modelfile import inference_session
-    from imgbatch.samples import make_variants
+    from imgbatch.core.modelfile import inference_session
+    from imgbatch.core.samples import make_variants
 
     _, fp32 = built
     convs = [name for name, op in quantizable_nodes(fp32) if op == "Conv"]
@@ -175,7 +175,7 @@ def test_default_recipe_runs_efficientnets_first_block_in_fp32(
 
     from export.quantize import DEFAULT_PRESET, quantizable_nodes, resolve_keep_fp32
     from export.sources import default_preset
-    from imgbatch.modelfile import inference_session
+    from imgbatch.core.modelfile import inference_session
 
     report, fp32 = built
     nodes = quantizable_nodes(fp32)
@@ -194,8 +194,8 @@ def test_saturation_safe_model_computes_the_same_on_fast_and_exact_kernels(
     """The default model gives ORT's fast u8s8 kernels nothing to saturate: the same logits as its exact
     kernels. The same recipe without saturation-safe scales does differ on an x86 CPU without VNNI."""
     from export.quantize import quantize_int8
-    from imgbatch.cpus import int8_pairs_saturate
-    from imgbatch.samples import make_variants
+    from imgbatch.core.cpus import int8_pairs_saturate
+    from imgbatch.core.samples import make_variants
 
     report, fp32 = built
     x = np.stack([load_tensor(p, PreprocessSpec()) for p in photos.values()])
@@ -296,8 +296,8 @@ def test_gptq_rounding_lowers_output_error_on_unseen_inputs() -> None:
 def test_unsafe_int8_model_runs_on_exact_kernels_where_it_would_saturate(
     built: tuple[BuildReport, Path], photos: dict[str, Path], tmp_path: Path
 ) -> None:
-    from imgbatch.cpus import int8_pairs_saturate
-    from imgbatch.modelfile import KEY_QUANTIZATION
+    from imgbatch.core.cpus import int8_pairs_saturate
+    from imgbatch.core.modelfile import KEY_QUANTIZATION
 
     report, _ = built
     model = onnx.load(str(report.path))
@@ -337,7 +337,7 @@ def test_measured_bias_correction_brings_layer_means_to_fp32(
     from export.measured_bias import _layers, _stats, correct_biases
     from export.onnx_export import load_batch
     from export.quantize import prepare, quantize_int8
-    from imgbatch.samples import make_variants
+    from imgbatch.core.samples import make_variants
 
     _, fp32 = built
     spec = PreprocessSpec()

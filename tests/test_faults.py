@@ -19,7 +19,7 @@ import pytest
 
 from conftest import PG_ADMIN_URL, fresh_postgres_database, imgbatch_env
 from faults import CuttableProxy, JobCounter, RestartableRedis, children
-from imgbatch.samples import make_variants
+from imgbatch.core.samples import make_variants
 
 pytestmark = pytest.mark.slow
 JOB_IMAGES = 2000

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import run_cli
 from faults import JobCounter, children, peak_rss_mb
-from imgbatch.samples import EXPECTED_CLASSES, load_photo
+from imgbatch.core.samples import EXPECTED_CLASSES, load_photo
 
 pytestmark = pytest.mark.slow
 CAT = EXPECTED_CLASSES["cat"]
@@ -158,7 +158,7 @@ def test_hostile_and_odd_files(
 
 
 def test_decode_refuses_the_bomb_in_process_without_allocating(tmp_path: Path) -> None:
-    from imgbatch.preprocess import ImageDecodeError, PreprocessSpec, load_tensor
+    from imgbatch.core.preprocess import ImageDecodeError, PreprocessSpec, load_tensor
 
     _bomb_png(tmp_path / "bomb.png")
     before = peak_rss_mb(os.getpid())

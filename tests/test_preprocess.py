@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgbatch.preprocess import ImageDecodeError, PreprocessSpec, load_tensor, open_image, to_tensor
+from imgbatch.core.preprocess import ImageDecodeError, PreprocessSpec, load_tensor, open_image, to_tensor
 
 SPEC = PreprocessSpec()
 
@@ -130,7 +130,7 @@ def _pillow(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def real_jpegs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The bundled photos, crops/rescales of them up to 3000 px, a 12 MP upscale, every EXIF orientation."""
-    from imgbatch.samples import load_photo, make_variants, write_photos
+    from imgbatch.core.samples import load_photo, make_variants, write_photos
 
     directory = tmp_path_factory.mktemp("fast-jpegs")
     paths = write_photos(directory) + make_variants(directory / "variants", 40, seed=3, max_side=3000)
@@ -150,7 +150,7 @@ def real_jpegs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def test_fast_path_matches_pillow_on_real_photos(real_jpegs: list[Path]) -> None:
-    from imgbatch import preprocess
+    from imgbatch.core import preprocess
 
     diffs = []
     for path in real_jpegs:
@@ -168,7 +168,7 @@ def test_fast_path_matches_pillow_on_real_photos(real_jpegs: list[Path]) -> None
 
 
 def test_exif_orientations_match_pillow(real_jpegs: list[Path]) -> None:
-    from imgbatch.preprocess import exif_orientation
+    from imgbatch.core.preprocess import exif_orientation
 
     rotated = [p for p in real_jpegs if "orientation" in p.name]
     upright = load_tensor(rotated[0], SPEC)
@@ -188,8 +188,8 @@ def test_fast_and_pillow_give_the_same_top1_on_the_sample_photos(model_path: Pat
     pixel level: astronaut, cells, hubble deep field, retina (no ImageNet class, top-1 below 0.2), and
     the cat, which even FP32 splits between Egyptian cat and tiger cat (0.37 / 0.35).
     """
-    from imgbatch.modelfile import open_session
-    from imgbatch.samples import EXPECTED_CLASSES
+    from imgbatch.core.modelfile import open_session
+    from imgbatch.core.samples import EXPECTED_CLASSES
 
     session, info = open_session(model_path)
     name = session.get_inputs()[0].name
@@ -212,7 +212,7 @@ def test_fast_and_pillow_give_the_same_top1_on_the_sample_photos(model_path: Pat
 
 @pytest.mark.parametrize("mode", ["L", "CMYK"])
 def test_grayscale_and_cmyk_jpegs_fall_back_to_pillow(tmp_path: Path, mode: str) -> None:
-    from imgbatch import preprocess
+    from imgbatch.core import preprocess
 
     path = tmp_path / f"{mode}.jpg"
     Image.new("RGB", (320, 280), (10, 200, 30)).convert(mode).save(path, "JPEG")
@@ -233,7 +233,7 @@ def test_fast_path_keeps_the_pixel_limit_and_its_reason(tmp_path: Path) -> None:
 def test_both_decoders_scale_large_jpegs_by_the_same_factor(tmp_path: Path, size: tuple[int, int]) -> None:
     import simplejpeg
 
-    from imgbatch.preprocess import draft_factor
+    from imgbatch.core.preprocess import draft_factor
 
     path = tmp_path / "scaled.jpg"
     Image.new("RGB", size, (90, 120, 90)).save(path, quality=80)

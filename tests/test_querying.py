@@ -14,15 +14,8 @@ from sqlalchemy import text
 
 from conftest import imgbatch_env, run_cli
 from db.engine import ensure_schema, make_engine, session_factory
-from db.queries import (
-    ResultFilter,
-    add_images,
-    create_job,
-    finish_job_if_complete,
-    iter_image_batches,
-    results_query,
-    save_results,
-)
+from db.reads import ResultFilter, iter_image_batches, results_query
+from db.writes import add_images, create_job, finish_job_if_complete, save_results
 
 LABELS = ["tabby", "espresso", "missile", "moped"]
 

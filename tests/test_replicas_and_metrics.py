@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import run_cli
-from imgbatch.samples import make_variants
+from imgbatch.core.samples import make_variants
 from producer.local_redis import free_port
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,10 @@ def test_metrics_scrape_and_task_events(
     env = {**service_env, "IMGBATCH_METRICS_PORT": str(port)}
     start_worker(env, concurrency=2)
 
-    from worker.app import app
+    from imgbatch.core.settings import Settings
+    from worker.app import create_app
+
+    app = create_app(Settings(redis_url=env["IMGBATCH_REDIS_URL"]))
 
     events: list[dict[str, Any]] = []
     stop = threading.Event()

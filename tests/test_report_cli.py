@@ -1,4 +1,4 @@
-"""`imgbatch report` on jobs written through db.queries (no model needed): content, bounds, bad input."""
+"""`imgbatch report` on jobs written through db.writes (no model needed): content, bounds, bad input."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from sqlalchemy import select
 from conftest import assert_one_line_error, imgbatch_env, run_cli
 from db.engine import ensure_schema, make_engine, session_factory
 from db.models import Image as ImageRow
-from db.queries import add_images, create_job, save_results
-from imgbatch.preprocess import PreprocessSpec, open_image
+from db.writes import add_images, create_job, save_results
+from imgbatch.core.preprocess import PreprocessSpec, open_image
 from imgbatch.report.build import ReportOptions, build_report
 from imgbatch.report.thumbs import make_thumb
 

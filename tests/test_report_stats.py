@@ -1,4 +1,4 @@
-"""db.stats on SQLite and PostgreSQL, on rows written through db.queries like the workers write them."""
+"""db.reads on SQLite and PostgreSQL, on rows written through db.writes like the workers write them."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from db import stats
+from db import reads as stats
 from db.engine import ensure_schema, make_engine, session_factory
 from db.models import Result
-from db.queries import add_images, create_job, save_results
+from db.writes import add_images, create_job, save_results
 
 
 def _ok(job: str, image_id: int, label: str, score: float, worker: str, **ms: float) -> dict:  # type: ignore[type-arg]

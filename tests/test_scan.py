@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from imgbatch.errors import UserError
+from imgbatch.core.errors import UserError
 from producer.scan import resolve_roots, scan
 
 

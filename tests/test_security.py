@@ -34,14 +34,15 @@ def test_pickle_message_is_refused_not_executed(
         service_env,
         f"""
 import os
-from worker.app import TASK_CLASSIFY, app
-from imgbatch.settings import get_settings
+from worker.app import TASK_CLASSIFY, create_app
+from imgbatch.core.settings import Settings
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch {marker}",))
-app.conf.broker_url = get_settings().redis_url
+settings = Settings()
+app = create_app(settings)
 app.send_task(TASK_CLASSIFY, kwargs={{"job_id": Evil(), "items": [], "enqueued_at": 0}},
-              serializer="pickle", queue=get_settings().queue_name)
+              serializer="pickle", queue=settings.queue_name)
 """,
     )
     deadline = time.monotonic() + 20
@@ -66,13 +67,14 @@ def test_crafted_messages_cannot_leave_the_job(
     _send(
         service_env,
         f"""
-from worker.app import TASK_CLASSIFY, app
-from imgbatch.settings import get_settings
-app.conf.broker_url = get_settings().redis_url
+from worker.app import TASK_CLASSIFY, create_app
+from imgbatch.core.settings import Settings
+settings = Settings()
+app = create_app(settings)
 items = [[{image_id}, "/etc/passwd"], [987654321, "{photo_dir / "cat.jpg"}"],
          [{image_id}, "{photo_dir}/../../etc/hostname"]]
 app.send_task(TASK_CLASSIFY, kwargs={{"job_id": "{job_id}", "items": items, "enqueued_at": 0}},
-              queue=get_settings().queue_name)
+              queue=settings.queue_name)
 """,
     )
     worker = start_worker(service_env)

@@ -1,8 +1,8 @@
-"""The one Celery app definition. Producer and worker both import `app` from here.
+"""The one Celery app definition, built by `create_app` from a settings value.
 
-Reliable delivery is configuration: a batch message is acknowledged only after its results are
-committed, and redelivered if the worker process dies; persistence is idempotent, so a redelivered
-batch writes nothing twice.
+Producer and worker each build it once per process. Reliable delivery is configuration: a batch
+message is acknowledged only after its results are committed, and redelivered if the worker process
+dies; persistence is idempotent, so a redelivered batch writes nothing twice.
 """
 
 from __future__ import annotations
@@ -10,15 +10,26 @@ from __future__ import annotations
 import redis
 from celery import Celery
 
-from imgbatch.errors import UserError
-from imgbatch.settings import Settings, get_settings, redact_url
+from imgbatch.core.errors import UserError
+from imgbatch.core.settings import Settings, redact_url
 
 TASK_CLASSIFY = "imgbatch.classify_batch"
 # Longer than any batch can take: Redis redelivers an unacknowledged message after this long.
 VISIBILITY_TIMEOUT_S = 3600
 
 
-def configure(app: Celery, settings: Settings, broker_url: str | None = None) -> None:
+class ImgbatchCelery(Celery):
+    """A Celery app that carries the settings it was built from: tasks and pool processes read them
+    from here, never from the environment."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("imgbatch", set_as_current=False)
+        self.settings = settings
+
+
+def create_app(settings: Settings, broker_url: str | None = None) -> ImgbatchCelery:
+    """The Celery app for `settings`; `broker_url` overrides settings.redis_url (the embedded Redis)."""
+    app = ImgbatchCelery(settings)
     app.conf.update(
         broker_url=broker_url or settings.redis_url or "redis://127.0.0.1:6379/0",
         broker_connection_retry_on_startup=True,
@@ -43,6 +54,7 @@ def configure(app: Celery, settings: Settings, broker_url: str | None = None) ->
         task_send_sent_event=True,
         broker_pool_limit=4,
     )
+    return app
 
 
 def check_redis(url: str) -> None:
@@ -51,7 +63,3 @@ def check_redis(url: str) -> None:
         redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
     except (redis.exceptions.RedisError, OSError, ValueError) as exc:
         raise UserError(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc
-
-
-app = Celery("imgbatch", include=["worker.tasks"])
-configure(app, get_settings())

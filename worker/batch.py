@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from db.models import Job
-from db.queries import finish_job_if_complete, job_image_paths, save_results, set_persist_ms
+from db.models import ImageStatus
+from db.reads import JobSource, job_image_paths, job_source
+from db.writes import finish_job_if_complete, save_results, set_persist_ms
 from worker.classify import Classifier, Prediction
 from worker.metrics import observe_batch
 from worker.runtime import WorkerRuntime, ort_threads
@@ -33,7 +33,7 @@ def process_batch(rt: WorkerRuntime, job_id: str, items: list[list[Any]], enqueu
     if job is None:
         log.warning("batch for unknown job %s dropped", job_id)
         return 0
-    roots, model_path, model_sha = job
+    model_sha = job.model_sha256
     # Trust the database, not the message: only this job's images, at the paths recorded for them.
     known = _retrying(lambda: _known_paths(rt, job_id, items))
     checked = [item for item in items if known.get(int(item[0])) == item[1]]
@@ -44,8 +44,8 @@ def process_batch(rt: WorkerRuntime, job_id: str, items: list[list[Any]], enqueu
     if not checked:
         return 0
     paths = [str(path) for _, path in checked]
-    reasons = {p: "outside the job's directories" for p in paths if not _inside(p, roots)}
-    classifier = _classifier_for(rt, model_path, model_sha)
+    reasons = {p: "outside the job's directories" for p in paths if not _inside(p, job.roots)}
+    classifier = _classifier_for(rt, job.model_path, model_sha)
     if isinstance(classifier, str):
         preds = [Prediction(p, 0.0, error=classifier) for p in paths]
     else:
@@ -78,16 +78,16 @@ def _retrying(step: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def _job(rt: WorkerRuntime, job_id: str) -> tuple[list[str], str, str] | None:
-    """(resolved roots, model path, model sha256) of a job, cached: jobs don't change once submitted."""
+def _job(rt: WorkerRuntime, job_id: str) -> JobSource | None:
+    """The job's roots (resolved) and model, cached: jobs don't change once submitted."""
     if job_id not in rt.jobs:
         with rt.sessions() as session:
-            row = session.execute(
-                select(Job.roots, Job.model_path, Job.model_sha256).where(Job.id == job_id)
-            ).one_or_none()
-        if row is None:
+            source = job_source(session, job_id)
+        if source is None:
             return None
-        rt.jobs[job_id] = ([str(Path(r).resolve()) for r in row.roots], row.model_path, row.model_sha256)
+        rt.jobs[job_id] = JobSource(
+            [str(Path(r).resolve()) for r in source.roots], source.model_path, source.model_sha256
+        )
     return rt.jobs[job_id]
 
 
@@ -135,7 +135,7 @@ def _row(
     return {
         "job_id": job_id,
         "image_id": image_id,
-        "status": "ok" if pred.top else "error",
+        "status": ImageStatus.OK if pred.top else ImageStatus.ERROR,
         "label": top[1] if top else None,
         "class_index": top[0] if top else None,
         "score": top[2] if top else None,

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from imgbatch.modelfile import ModelInfo, open_session
-from imgbatch.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, load_tensor
+from imgbatch.core.modelfile import ModelInfo, open_session
+from imgbatch.core.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, load_tensor
 
 TOP_K = 5
 # Images per onnxruntime call. A task message may carry more paths (fewer Redis round trips, fewer

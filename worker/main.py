@@ -6,34 +6,30 @@ import os
 import socket
 
 from db.engine import ensure_schema, make_engine
-from imgbatch.cpus import usable_cpus
-from imgbatch.errors import UserError
-from imgbatch.modelfile import read_model_info
-from imgbatch.settings import get_settings
-from worker.app import check_redis
+from imgbatch.core.cpus import usable_cpus
+from imgbatch.core.errors import UserError
+from imgbatch.core.modelfile import read_model_info
+from imgbatch.core.settings import Settings
+from worker.app import check_redis, create_app
+from worker.tasks import register_tasks
 
 
-def start_worker(concurrency: int | None, loglevel: str = "INFO") -> None:
-    settings = get_settings()
+def start_worker(settings: Settings, concurrency: int | None, loglevel: str = "INFO") -> None:
+    if settings.metrics_port:
+        from worker.metrics import serve
+
+        serve(settings.metrics_port)  # first: it may re-execute this command (worker.metrics)
     processes = concurrency or settings.worker_concurrency or usable_cpus()
-    # Pool children read this through the settings object to split the cores among themselves.
-    os.environ["IMGBATCH_WORKER_CONCURRENCY"] = str(processes)
-    get_settings.cache_clear()
-    settings = get_settings()
+    # Pool children split the cores among themselves by this count (worker.runtime.ort_threads).
+    settings = settings.model_copy(update={"worker_concurrency": processes})
     # Fail fast with one line, before Celery forks anything.
     read_model_info(settings.model_path)
     if settings.redis_url is None:
         raise UserError("IMGBATCH_REDIS_URL is not set: a worker needs a Redis to read batches from")
     check_redis(settings.redis_url)
     ensure_schema(make_engine(settings.db_url))
-
-    from worker.app import app, configure
-
-    configure(app, settings)
-    if settings.metrics_port:
-        from worker.metrics import enable
-
-        enable(settings.metrics_port)
+    app = create_app(settings)
+    register_tasks(app)
     app.worker_main(
         [
             "worker",

@@ -1,15 +1,18 @@
 """Prometheus metrics of a worker, on IMGBATCH_METRICS_PORT when set.
 
 Celery's prefork pool runs tasks in child processes, so the metrics use prometheus_client's
-multiprocess mode: each child writes its samples to files in a directory the parent creates
-before forking, and the parent's HTTP server sums them on every scrape. prometheus_client picks
-that mode when it is first imported, so nothing here imports it until `enable` has set the
-directory; with no port set, it is never imported at all.
+multiprocess mode: each child writes its samples to files in a directory, and the parent's HTTP
+server sums them on every scrape. prometheus_client takes that directory only from the
+PROMETHEUS_MULTIPROC_DIR environment variable, read when it is first imported ("we have no control
+over ... so we use an environment variable", prometheus_client/values.py). So `serve` runs the worker
+again with that variable in its environment (an exec with an explicit environment, nothing written to
+this process's own), and with no port set prometheus_client is never imported at all.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -18,9 +21,15 @@ _metrics: dict[str, Any] = {}
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-def enable(port: int) -> None:
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def serve(port: int) -> None:
     """In the worker's main process, before the pool forks: serve the summed metrics on `port`."""
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imgbatch-metrics-"))
+    if MULTIPROC_ENV not in os.environ:
+        # Replaces this process with the same command line and the variable set (see above).
+        directory = tempfile.mkdtemp(prefix="imgbatch-metrics-")
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, MULTIPROC_ENV: directory})
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
@@ -42,7 +51,7 @@ def _get() -> dict[str, Any]:
 
 def observe_batch(rows: list[dict[str, Any]]) -> None:
     """Count a persisted batch; a no-op unless the worker was started with a metrics port."""
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if MULTIPROC_ENV not in os.environ:
         return
     metrics = _get()
     metrics["batches"].inc()

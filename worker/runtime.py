@@ -9,15 +9,14 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, session_factory
-from imgbatch.cpus import usable_cpus
-from imgbatch.settings import Settings, get_settings
+from db.reads import JobSource
+from imgbatch.core.cpus import usable_cpus
+from imgbatch.core.settings import Settings
 from worker.classify import Classifier
 
 
@@ -29,8 +28,8 @@ class WorkerRuntime:
     classifier: Classifier | None
     classifier_error: str | None
     name: str
-    # job id -> (resolved roots, model sha256); jobs don't change once submitted.
-    jobs: dict[str, tuple[list[str], str, str]] = field(default_factory=dict)
+    # job id -> where it may read and which model it wants; jobs don't change once submitted.
+    jobs: dict[str, JobSource] = field(default_factory=dict)
 
 
 _runtime: WorkerRuntime | None = None
@@ -44,13 +43,12 @@ def ort_threads(settings: Settings) -> int:
     return max(1, usable_cpus() // processes)
 
 
-def init_runtime() -> WorkerRuntime:
+def init_runtime(settings: Settings) -> WorkerRuntime:
     global _runtime
-    settings = get_settings()
     classifier: Classifier | None = None
     error: str | None = None
     try:
-        classifier = Classifier.load(settings.model_path, ort_threads(settings))
+        classifier = Classifier.load(settings.model_path, ort_threads(settings), settings.max_pixels)
     except Exception as exc:  # recorded per image: the worker stays up and says why
         error = f"model unavailable on worker: {exc}"
     engine = make_engine(settings.db_url)
@@ -65,16 +63,13 @@ def init_runtime() -> WorkerRuntime:
     return _runtime
 
 
-def runtime() -> WorkerRuntime:
-    return _runtime if _runtime is not None and _runtime.name.endswith(f":{os.getpid()}") else init_runtime()
+def runtime(settings: Settings) -> WorkerRuntime:
+    """This process's runtime; made on first use after a fork (the parent's is never reused)."""
+    if _runtime is not None and _runtime.name.endswith(f":{os.getpid()}"):
+        return _runtime
+    return init_runtime(settings)
 
 
-@worker_process_init.connect
-def _on_process_init(**_: Any) -> None:
-    init_runtime()
-
-
-@worker_process_shutdown.connect
-def _on_process_shutdown(**_: Any) -> None:
+def close_runtime() -> None:
     if _runtime is not None:
         _runtime.engine.dispose()

@@ -104,8 +104,8 @@ def _child(
 def _run_share(
     model: str, paths: list[str], mode: str, batch_size: int, threads: int, barrier: Any
 ) -> dict[str, Any]:
-    from imgbatch import preprocess
-    from imgbatch.modelfile import open_session
+    from imgbatch.core import preprocess
+    from imgbatch.core.modelfile import open_session
 
     session, info = open_session(Path(model), threads)
     spec = info.preprocess

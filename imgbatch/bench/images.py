@@ -52,7 +52,7 @@ def list_images(directory: Path) -> list[Path]:
 
 def make_bench_set(directory: Path, count: int, seed: int = 0, processes: int | None = None) -> list[Path]:
     """Write ``count`` photos into ``directory`` (``bench_000000.jpg`` ...); returns their paths."""
-    from imgbatch.samples import photo_names
+    from imgbatch.core.samples import photo_names
 
     rng = random.Random(seed)
     names = sorted(photo_names())
@@ -117,7 +117,7 @@ _GRAIN: np.ndarray | None = None
 
 def _photo(name: str) -> np.ndarray:
     if name not in _PHOTOS:
-        from imgbatch.samples import load_photo
+        from imgbatch.core.samples import load_photo
 
         _PHOTOS[name] = np.asarray(load_photo(name))
     return _PHOTOS[name]

@@ -7,8 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from imgbatch import modelfile
-from imgbatch.errors import UserError
+from imgbatch.core import modelfile
+from imgbatch.core.errors import UserError
 
 
 def attach_contract(raw_fp32: Path, like: Path, output: Path) -> Path:
@@ -57,7 +57,7 @@ def ensure_fp32_model(int8_model: Path, output: Path) -> Path:
         raise UserError(
             "no FP32 model: pass --fp32-model PATH, or install the export extra to build one"
         ) from exc
-    from imgbatch.samples import write_photos
+    from imgbatch.core.samples import write_photos
 
     with tempfile.TemporaryDirectory(prefix="imgbatch-fp32-") as work:
         source = load_source()

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from imgbatch import preprocess
+from imgbatch.core import preprocess
 
 
 def decoder_parity(model: Path, paths: list[Path], limit: int = 200, batch: int = 16) -> dict[str, Any]:
@@ -15,7 +15,7 @@ def decoder_parity(model: Path, paths: list[Path], limit: int = 200, batch: int 
 
     Differences are in 0-255 pixel levels (the tensor difference times std * 255).
     """
-    from imgbatch.modelfile import open_session
+    from imgbatch.core.modelfile import open_session
 
     session, info = open_session(model, 1)
     spec = info.preprocess

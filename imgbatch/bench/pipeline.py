@@ -21,9 +21,10 @@ from typing import Any
 from sqlalchemy import Engine
 
 from db.engine import ensure_schema, make_engine, session_factory
-from db.stats import job_summary, result_count
-from imgbatch.errors import UserError
-from imgbatch.settings import Settings
+from db.models import ImageStatus
+from db.reads import job_summary, result_count
+from imgbatch.core.errors import UserError
+from imgbatch.core.settings import Settings
 
 READY_TIMEOUT_S = 120
 WARMUP_IMAGES_PER_PROCESS = 16
@@ -136,13 +137,13 @@ def run_pipeline(
 def job_run(
     engine: Engine, job_id: str, label: str, workers: int, batch_size: int, rss: list[float]
 ) -> PipelineRun:
-    from db.stats import stage_samples
+    from db.reads import stage_samples
     from worker.classify import INFER_BATCH
 
     with session_factory(engine)() as session:
         summary = job_summary(session, job_id)
         results = result_count(session, job_id)
-        samples = stage_samples(session, job_id, status="ok")
+        samples = stage_samples(session, job_id, status=ImageStatus.OK)
     return PipelineRun(
         label=label,
         workers=workers,
@@ -162,7 +163,7 @@ def job_run(
 
 
 def stage_table(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    from db.stats import percentile
+    from db.reads import percentile
 
     # The mean, besides the quantiles: decode times are skewed (a 12 MP JPEG costs 20x a web one),
     # and CPU time per image, which bounds images/s, is a mean.

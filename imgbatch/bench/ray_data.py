@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from imgbatch.errors import UserError
+from imgbatch.core.errors import UserError
 
 
 class _Classify:

@@ -1,4 +1,4 @@
-"""Gather a job's aggregates from db.stats, make thumbnails and charts, render one HTML file."""
+"""Gather a job's aggregates from db.reads, make thumbnails and charts, render one HTML file."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 from jinja2 import Environment, StrictUndefined
 from sqlalchemy.orm import Session
 
-from db import stats
-from imgbatch.errors import UserError
+from db import reads as stats
+from imgbatch.core.errors import UserError
 from imgbatch.report import charts
 from imgbatch.report.template import REPORT_TEMPLATE
 from imgbatch.report.thumbs import THUMB_SIDE, Thumb, make_thumbs

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from imgbatch.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, PreprocessSpec, open_image
+from imgbatch.core.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, PreprocessSpec, open_image
 
 THUMB_SIDE = 128
 JPEG_QUALITY = 70

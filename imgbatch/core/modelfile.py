@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgbatch.errors import ModelFileError
-from imgbatch.preprocess import PreprocessSpec
+from imgbatch.core.errors import ModelFileError
+from imgbatch.core.preprocess import PreprocessSpec
 
 FORMAT_VERSION = "1"
 # Keys in ONNX metadata_props. Values are strings; structured ones are JSON.
 KEY_FORMAT = "imgbatch.format_version"
 KEY_LABELS = "imgbatch.labels"  # JSON list of class names, index = class index
-KEY_PREPROCESS = "imgbatch.preprocess"  # JSON PreprocessSpec
+KEY_PREPROCESS = "imgbatch.core.preprocess"  # JSON PreprocessSpec
 KEY_INPUT_SIZE = "imgbatch.input_size"  # JSON [channels, height, width]
 KEY_OUTPUT = "imgbatch.output"  # "logits" or "probabilities"
 KEY_GRAPH_SHA256 = "imgbatch.graph_sha256"  # sha256 of the serialized graph, metadata excluded
@@ -156,7 +156,7 @@ def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]
     """
     import logging
 
-    from imgbatch.cpus import int8_pairs_saturate
+    from imgbatch.core.cpus import int8_pairs_saturate
 
     path = Path(path)
     if not path.is_file():

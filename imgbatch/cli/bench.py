@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from imgbatch.errors import UserError
+from imgbatch.core.errors import UserError
 
 DEFAULT_IMAGES = 5000
 # The ratio lines compare the pipeline at this message batch (paths per task; onnxruntime still runs
@@ -81,12 +81,12 @@ def bench_command(
     each worker count and batch size."""
     from rich.console import Console
 
-    from imgbatch.cpus import usable_cpus
-    from imgbatch.modelfile import read_model_info
-    from imgbatch.settings import get_settings
+    from imgbatch.cli.console import settings as cli_settings
+    from imgbatch.core.cpus import usable_cpus
+    from imgbatch.core.modelfile import read_model_info
 
     err = Console(stderr=True)
-    settings = get_settings()
+    settings = cli_settings()
     model_path = (model or settings.model_path).resolve()
     info = read_model_info(model_path)
     cpus = usable_cpus()
@@ -324,8 +324,8 @@ def _keep_best(table: dict[Any, dict[str, Any]], key: Any, result: dict[str, Any
 
 def _check_twin(fp32_path: Path, info: Any, model_path: Path) -> None:
     """The FP32 model must be an imgbatch model that reads images as the INT8 one does."""
-    from imgbatch.errors import ModelFileError
-    from imgbatch.modelfile import read_model_info
+    from imgbatch.core.errors import ModelFileError
+    from imgbatch.core.modelfile import read_model_info
 
     twin = read_model_info(fp32_path)
     for what in ("labels", "preprocess"):

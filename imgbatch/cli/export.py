@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from imgbatch.errors import UserError
-from imgbatch.settings import get_settings
+from imgbatch.cli.console import settings
+from imgbatch.core.errors import UserError
 
 console = Console()
 _started = 0.0
@@ -81,8 +81,7 @@ def export_command(
 
     global _started
     _started = time.time()
-    settings = get_settings()
-    target = output or settings.model_path
+    target = output or settings().model_path
     if if_missing and target.is_file():
         console.print(f"model already built: {target}")
         return

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from db.stats import (
+from db.models import ImageStatus
+from db.reads import (
     STAGES,
     error_groups,
     job_summary,
@@ -29,7 +30,7 @@ def _num(value: float | None) -> float | None:
 def job_stats(session: Session, job_id: str, label_limit: int = 20, buckets: int = 20) -> dict[str, Any]:
     """Everything `imgbatch stats` shows, as plain JSON-ready data."""
     summary = job_summary(session, job_id)
-    samples = stage_samples(session, job_id, status="ok")
+    samples = stage_samples(session, job_id, status=ImageStatus.OK)
     throughput = throughput_by_worker(session, job_id, buckets=buckets, since=summary.created_at)
     return {
         "job_id": job_id,

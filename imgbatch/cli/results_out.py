@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
+from rich.table import Table
+from rich.text import Text
 from sqlalchemy.orm import Session
 
-from db.models import ImageState
-from db.queries import ResultFilter, iter_results
+from db.models import ImageStatus
+from db.reads import ResultFilter, iter_results
+from imgbatch.cli.console import console
 
 FIELDS = [
     "path",
@@ -37,7 +41,7 @@ def result_dicts(
             return
         result = row.Result
         if result is None:
-            yield {"path": row.path, "status": ImageState.PENDING, **{f: None for f in FIELDS[2:]}}
+            yield {"path": row.path, "status": ImageStatus.PENDING, **{f: None for f in FIELDS[2:]}}
             continue
         yield {
             "path": row.path,
@@ -73,3 +77,25 @@ def write_json(rows: Iterator[dict[str, Any]], out: TextIO = sys.stdout) -> None
     for i, row in enumerate(rows):
         out.write(("," if i else "") + "\n  " + json.dumps(row))
     out.write("\n]\n")
+
+
+def print_table(rows: Iterable[dict[str, Any]], root: str | None = None) -> None:
+    """A table of results; paths relative to `root` when the job has a single directory.
+
+    File names and errors go in as plain Text: a name like `x[/b].jpg` is shown, never read as markup.
+    """
+    table = Table(show_lines=False, title=Text(root) if root else None)
+    table.add_column("path", no_wrap=True)
+    for name in ("status", "label", "score", "error", "decode ms", "infer ms"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(
+            Text(os.path.relpath(row["path"], root) if root else row["path"]),
+            str(row["status"]),
+            Text(row["label"] or ""),
+            "" if row["score"] is None else f"{row['score']:.3f}",
+            Text(row["error"] or ""),
+            "" if row["decode_ms"] is None else f"{row['decode_ms']:.1f}",
+            "" if row["infer_ms"] is None else f"{row['infer_ms']:.1f}",
+        )
+    console.print(table)

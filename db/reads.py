@@ -1,24 +1,24 @@
-"""Read-only aggregates over a job's results, for reports and summaries.
+"""Every read of the database, for commands, reports, producer and workers alike.
 
-Every function takes a Session and a job id (not a prefix: resolve it with ``db.queries.get_job``),
-runs only SELECTs and returns plain dataclasses, lists and dicts. Whatever would need dialect-specific
-SQL (time bucketing, percentiles) is done in Python on rows streamed from a portable query, so the
-same code runs on SQLite and PostgreSQL.
+Each function takes a Session (the caller owns it), runs only SELECTs and returns typed values: ORM
+rows or frozen dataclasses. A job that is not there raises NotFound. Whatever would need
+dialect-specific SQL (time bucketing, percentiles) is done in Python on rows streamed from a portable
+query, so the same code runs on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, aliased
 
-from db.models import Image, ImageState, Job, Result
+from db.models import Image, ImageStatus, Job, JobState, Result
 
 STAGES = ("queue_ms", "decode_ms", "infer_ms", "persist_ms")
 _STAGE_COLUMNS = {
@@ -29,12 +29,62 @@ _STAGE_COLUMNS = {
 }
 
 
+class NotFound(LookupError):
+    """No job matches the reference; the message says which and what to do."""
+
+
 def as_utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes (stored as UTC), PostgreSQL aware ones: make both aware."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-# ---------------------------------------------------------------------------- summary
+def open_name(path: str, raw_path: bytes | None) -> str:
+    """The file name to open for an image row, as the workers do (exact bytes when recorded)."""
+    return os.fsdecode(raw_path) if raw_path is not None else path
+
+
+# ---------------------------------------------------------------------------- jobs
+def find_job(session: Session, job_ref: str) -> Job:
+    """A job by id, unique id prefix, or ``latest``; NotFound if there is none."""
+    if job_ref == "latest":
+        job = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(1)).first()
+        if job is None:
+            raise NotFound("no jobs yet: submit one with `imgbatch run DIR` or `imgbatch submit DIR`")
+        return job
+    job = session.get(Job, job_ref)
+    if job is not None:
+        return job
+    matches = session.scalars(select(Job).where(Job.id.like(f"{job_ref}%")).limit(2)).all()
+    if len(matches) == 1:
+        return matches[0]
+    raise NotFound(f"no job {job_ref!r}" if not matches else f"job id prefix {job_ref!r} is ambiguous")
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    total: int
+    pending: int
+    ok: int
+    error: int
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.error
+
+
+def job_counts(session: Session, job_id: str) -> JobCounts:
+    rows = session.execute(
+        select(Image.state, func.count()).where(Image.job_id == job_id).group_by(Image.state)
+    ).all()
+    by_status = {status: n for status, n in rows}
+    return JobCounts(
+        total=sum(by_status.values()),
+        pending=by_status.get(ImageStatus.PENDING, 0),
+        ok=by_status.get(ImageStatus.OK, 0),
+        error=by_status.get(ImageStatus.ERROR, 0),
+    )
+
+
 @dataclass(frozen=True)
 class WorkerCount:
     worker: str  # "host:pid"
@@ -44,16 +94,13 @@ class WorkerCount:
 @dataclass(frozen=True)
 class JobSummary:
     job_id: str
-    state: str
+    state: JobState
     created_at: datetime
     finished_at: datetime | None
     roots: list[str]
     model_path: str
     model_sha256: str
-    total: int
-    ok: int
-    error: int
-    pending: int
+    counts: JobCounts
     first_result_at: datetime | None
     last_result_at: datetime | None
     # Hashes recorded on the result rows (normally exactly the job's model).
@@ -61,8 +108,24 @@ class JobSummary:
     workers: list[WorkerCount]
 
     @property
+    def total(self) -> int:
+        return self.counts.total
+
+    @property
+    def ok(self) -> int:
+        return self.counts.ok
+
+    @property
+    def error(self) -> int:
+        return self.counts.error
+
+    @property
+    def pending(self) -> int:
+        return self.counts.pending
+
+    @property
     def results(self) -> int:
-        return self.ok + self.error
+        return self.counts.finished
 
     @property
     def seconds(self) -> float:
@@ -79,21 +142,20 @@ class JobSummary:
 def job_summary(session: Session, job_id: str) -> JobSummary:
     job = session.get(Job, job_id)
     if job is None:
-        raise LookupError(f"no job {job_id!r}")
-    states = dict(
-        session.execute(
-            select(Image.state, func.count()).where(Image.job_id == job_id).group_by(Image.state)
-        ).all()
-    )
+        raise NotFound(f"no job {job_id!r}")
+    return _summary(session, job)
+
+
+def _summary(session: Session, job: Job) -> JobSummary:
     first, last = session.execute(
-        select(func.min(Result.created_at), func.max(Result.created_at)).where(Result.job_id == job_id)
+        select(func.min(Result.created_at), func.max(Result.created_at)).where(Result.job_id == job.id)
     ).one()
     shas = session.scalars(
-        select(Result.model_sha256).where(Result.job_id == job_id).group_by(Result.model_sha256)
+        select(Result.model_sha256).where(Result.job_id == job.id).group_by(Result.model_sha256)
     ).all()
     workers = session.execute(
         select(Result.worker, func.count().label("n"))
-        .where(Result.job_id == job_id)
+        .where(Result.job_id == job.id)
         .group_by(Result.worker)
         .order_by(func.count().desc(), Result.worker)
     ).all()
@@ -105,15 +167,155 @@ def job_summary(session: Session, job_id: str) -> JobSummary:
         roots=[str(r) for r in job.roots],
         model_path=job.model_path,
         model_sha256=job.model_sha256,
-        total=sum(states.values()),
-        ok=states.get(ImageState.DONE, 0),
-        error=states.get(ImageState.ERROR, 0),
-        pending=states.get(ImageState.PENDING, 0),
+        counts=job_counts(session, job.id),
         first_result_at=as_utc(first) if first else None,
         last_result_at=as_utc(last) if last else None,
         result_model_sha256s=sorted(str(s) for s in shas),
         workers=[WorkerCount(str(w), int(n)) for w, n in workers],
     )
+
+
+def list_jobs(session: Session, limit: int = 20) -> list[JobSummary]:
+    """The most recent jobs, newest first, with their counts and throughput."""
+    jobs = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)).all()
+    return [_summary(session, job) for job in jobs]
+
+
+@dataclass(frozen=True)
+class JobSource:
+    """What a worker needs to know of a job: where it may read, and which model it wants."""
+
+    roots: list[str]
+    model_path: str
+    model_sha256: str
+
+
+def job_source(session: Session, job_id: str) -> JobSource | None:
+    row = session.execute(
+        select(Job.roots, Job.model_path, Job.model_sha256).where(Job.id == job_id)
+    ).one_or_none()
+    return None if row is None else JobSource([str(r) for r in row.roots], row.model_path, row.model_sha256)
+
+
+def find_unfinished_job(session: Session, roots: Sequence[str], model_sha256: str) -> Job | None:
+    """The newest running job over exactly these directories with this model, to resume after a crash."""
+    candidates = session.scalars(
+        select(Job)
+        .where(Job.state == JobState.RUNNING, Job.model_sha256 == model_sha256)
+        .order_by(Job.created_at.desc())
+    )
+    return next((job for job in candidates if sorted(job.roots) == sorted(roots)), None)
+
+
+def job_batch_size(session: Session, job_id: str) -> int:
+    size = session.scalar(select(Job.batch_size).where(Job.id == job_id))
+    if size is None:
+        raise NotFound(f"no job {job_id!r}")
+    return size
+
+
+# ---------------------------------------------------------------------------- images
+def next_image_batch(
+    session: Session, job_id: str, after_id: int, batch_size: int, state: ImageStatus = ImageStatus.PENDING
+) -> list[tuple[int, str]]:
+    """Up to `batch_size` (id, openable path) pairs of the job's images in `state` with id > `after_id`."""
+    rows = session.execute(
+        select(Image.id, Image.path, Image.raw_path)
+        .where(Image.job_id == job_id, Image.state == state, Image.id > after_id)
+        .order_by(Image.id)
+        .limit(batch_size)
+    ).all()
+    return [(r.id, os.fsdecode(r.raw_path) if r.raw_path is not None else r.path) for r in rows]
+
+
+def iter_image_batches(
+    session: Session, job_id: str, batch_size: int, state: ImageStatus = ImageStatus.PENDING
+) -> Iterator[list[tuple[int, str]]]:
+    """(id, openable path) pairs of the job's images in `state`, in id order, `batch_size` at a time."""
+    last_id = 0
+    while batch := next_image_batch(session, job_id, last_id, batch_size, state):
+        yield batch
+        last_id = batch[-1][0]
+
+
+def job_image_paths(session: Session, job_id: str, image_ids: list[int]) -> dict[int, str]:
+    """Openable paths of those of `image_ids` that belong to the job."""
+    rows = session.execute(
+        select(Image.id, Image.path, Image.raw_path).where(Image.job_id == job_id, Image.id.in_(image_ids))
+    ).all()
+    return {r.id: os.fsdecode(r.raw_path) if r.raw_path is not None else r.path for r in rows}
+
+
+# ---------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class ResultFilter:
+    """Filters of `imgbatch results`; any set on a result field leaves out images still pending."""
+
+    label: str | None = None
+    min_score: float | None = None
+    status: ImageStatus | None = None
+    path_glob: str | None = None  # matched against the whole path, `*` crosses directories
+
+    def needs_result(self) -> bool:
+        return (
+            self.label is not None
+            or self.min_score is not None
+            or self.status in (ImageStatus.OK, ImageStatus.ERROR)
+        )
+
+
+def results_query(job_id: str, filters: ResultFilter, after_id: int, chunk: int) -> Any:
+    """One keyset page of a job's images (with results) matching `filters`, in image id order.
+
+    With a result filter the query is driven by `results` and its (job_id, label, image_id),
+    (job_id, status) and (job_id, score) indexes, so one label out of a million rows is an index
+    range scan, not a table scan.
+    """
+    if filters.needs_result():
+        stmt = (
+            select(Image.id, Image.path, Image.state, Result)
+            .join(Result, Result.image_id == Image.id)
+            .where(Result.job_id == job_id, Result.image_id > after_id)
+            .order_by(Result.image_id)
+        )
+        if filters.label is not None:
+            stmt = stmt.where(Result.label == filters.label)
+        if filters.min_score is not None:
+            stmt = stmt.where(Result.score >= filters.min_score)
+        if filters.status is not None:
+            stmt = stmt.where(Result.status == filters.status)
+    else:
+        stmt = (
+            select(Image.id, Image.path, Image.state, Result)
+            .outerjoin(Result, Result.image_id == Image.id)
+            .where(Image.job_id == job_id, Image.id > after_id)
+            .order_by(Image.id)
+        )
+        if filters.status == ImageStatus.PENDING:
+            stmt = stmt.where(Image.state == ImageStatus.PENDING)
+    if filters.path_glob is not None:
+        stmt = stmt.where(Image.path.like(_glob_to_like(filters.path_glob), escape="\\"))
+    return stmt.limit(chunk)
+
+
+def _glob_to_like(pattern: str) -> str:
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def iter_results(
+    session: Session, job_id: str, filters: ResultFilter | None = None, chunk: int = 1000
+) -> Iterator[Row[Any]]:
+    """The job's images with their results (or none yet), in image order, streamed in chunks:
+    memory stays constant however big the job."""
+    filters = filters or ResultFilter()
+    last_id = 0
+    while True:
+        rows = session.execute(results_query(job_id, filters, last_id, chunk)).all()
+        if not rows:
+            return
+        yield from rows  # type: ignore[misc]
+        last_id = rows[-1].id
 
 
 def result_count(session: Session, job_id: str) -> int:
@@ -134,7 +336,7 @@ def label_histogram(session: Session, job_id: str, limit: int | None = None) -> 
     n = func.count().label("n")
     stmt = (
         select(Result.label, n, func.avg(Result.score), func.min(Result.score))
-        .where(Result.job_id == job_id, Result.status == "ok")
+        .where(Result.job_id == job_id, Result.status == ImageStatus.OK)
         .group_by(Result.label)
         .order_by(n.desc(), Result.label)
     )
@@ -156,11 +358,6 @@ class ScoredImage:
     top5: list[Any] = field(default_factory=list)
     # The name to open: differs from `path` (printable) only for names that are not valid UTF-8.
     file: str = ""
-
-
-def open_name(path: str, raw_path: bytes | None) -> str:
-    """The file name to open for an image row, as the workers do (exact bytes when recorded)."""
-    return os.fsdecode(raw_path) if raw_path is not None else path
 
 
 def _scored(row: Any) -> ScoredImage:
@@ -189,7 +386,7 @@ def label_samples(
     ranked = (
         select(Result.image_id, Image.path, Image.raw_path, Result.label, Result.score, Result.top5, rank)
         .join(Image, Image.id == Result.image_id)
-        .where(Result.job_id == job_id, Result.status == "ok", Result.label.in_(list(labels)))
+        .where(Result.job_id == job_id, Result.status == ImageStatus.OK, Result.label.in_(list(labels)))
         .subquery()
     )
     rows = session.execute(
@@ -206,7 +403,7 @@ def lowest_confidence(session: Session, job_id: str, limit: int = 24) -> list[Sc
     rows = session.execute(
         select(Result.image_id, Image.path, Image.raw_path, Result.label, Result.score, Result.top5)
         .join(Image, Image.id == Result.image_id)
-        .where(Result.job_id == job_id, Result.status == "ok")
+        .where(Result.job_id == job_id, Result.status == ImageStatus.OK)
         .order_by(Result.score.asc(), Result.image_id)
         .limit(limit)
     ).all()
@@ -217,7 +414,9 @@ def score_values(session: Session, job_id: str) -> list[float]:
     """Top-1 score of every successful result (for a confidence histogram)."""
     return [
         float(s)
-        for s in session.scalars(select(Result.score).where(Result.job_id == job_id, Result.status == "ok"))
+        for s in session.scalars(
+            select(Result.score).where(Result.job_id == job_id, Result.status == ImageStatus.OK)
+        )
         if s is not None
     ]
 
@@ -245,7 +444,7 @@ def error_groups(session: Session, job_id: str, limit_per_reason: int | None = N
     rows = session.execute(
         select(Image.path, Result.error)
         .join(Image, Image.id == Result.image_id)
-        .where(Result.job_id == job_id, Result.status == "error")
+        .where(Result.job_id == job_id, Result.status == ImageStatus.ERROR)
         .order_by(Image.path)
     )
     for path, error in rows:
@@ -262,7 +461,7 @@ def error_groups(session: Session, job_id: str, limit_per_reason: int | None = N
 
 # ---------------------------------------------------------------------------- timings
 def stage_samples(
-    session: Session, job_id: str, status: str | None = "ok", limit: int | None = None
+    session: Session, job_id: str, status: ImageStatus | None = ImageStatus.OK, limit: int | None = None
 ) -> dict[str, list[float]]:
     """Per-stage latencies in ms (keys: STAGES) of the job's results with `status` (None: all).
 
@@ -296,7 +495,10 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def stage_percentiles(
-    session: Session, job_id: str, qs: Iterable[float] = (50, 90, 99), status: str | None = "ok"
+    session: Session,
+    job_id: str,
+    qs: Iterable[float] = (50, 90, 99),
+    status: ImageStatus | None = ImageStatus.OK,
 ) -> dict[str, dict[float, float]]:
     """{stage: {q: ms}} over the job's results with `status`."""
     samples = stage_samples(session, job_id, status=status)
@@ -365,10 +567,10 @@ class LabelChange:
     path: str
     image_id_a: int
     image_id_b: int
-    status_a: str
+    status_a: ImageStatus
     label_a: str | None
     score_a: float | None
-    status_b: str
+    status_b: ImageStatus
     label_b: str | None
     score_b: float | None
     file: str = ""  # the name to open (see ScoredImage.file)
@@ -419,10 +621,10 @@ def changed_labels(session: Session, job_a: str, job_b: str, limit: int | None =
             str(path),
             int(ia),
             int(ib),
-            str(sa),
+            ImageStatus(sa),
             la,
             _float(pa),
-            str(sb),
+            ImageStatus(sb),
             lb,
             _float(pb),
             open_name(path, raw),

@@ -1,0 +1,51 @@
+"""What every command uses to talk to the user and reach the database."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from imgbatch.core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+# Piped output is read by people too (and by grep): don't squeeze tables to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+
+def settings() -> Settings:
+    """The settings of this command, read once from IMGBATCH_* variables."""
+    return get_settings()
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def engine(config: Settings | None = None) -> Engine:
+    """An engine on the configured database, migrated to the newest schema."""
+    from db.engine import ensure_schema, make_engine
+
+    made = make_engine((config or settings()).db_url)
+    ensure_schema(made)
+    return made
+
+
+def session(config: Settings | None = None) -> Session:
+    from db.engine import session_factory
+
+    return session_factory(engine(config))()

@@ -1,0 +1,286 @@
+"""Commands that read jobs: status, jobs, results, stats, compare. They only read the database."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from imgbatch.cli.console import console, progress_bar, session
+from imgbatch.cli.params import JobArg, JsonFlag
+from imgbatch.core.errors import UserError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from db.models import Job
+    from db.reads import JobSummary
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    jsonl = "jsonl"
+
+
+class StatusFilter(StrEnum):
+    ok = "ok"
+    error = "error"
+    pending = "pending"
+
+
+def status(
+    job: JobArg = "latest",
+    watch: Annotated[
+        bool, typer.Option("--watch", metavar="", help="Follow with a live progress bar.")
+    ] = False,
+) -> None:
+    """Show a job's state and counts.
+
+    Example: imgbatch status latest --watch
+    """
+    from db.reads import find_job, job_summary
+
+    with session() as s:
+        job_id = find_job(s, job).id
+        if watch:
+            _watch(s, job_id)
+        summary = job_summary(s, job_id)
+    console.print(
+        f"job {summary.job_id}  state={summary.state}  total={summary.total}  ok={summary.ok}  "
+        f"error={summary.error}  pending={summary.pending}  model={summary.model_sha256[:12]}",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _watch(s: Session, job_id: str, poll_s: float = 0.5) -> None:
+    from db.reads import job_counts
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"job {job_id[:8]}", total=None)
+        while True:
+            counts = job_counts(s, job_id)
+            s.rollback()  # end the read transaction so the next poll sees new rows
+            bar.update(task, completed=counts.finished, total=counts.total)
+            if counts.pending == 0:
+                return
+            time.sleep(poll_s)
+
+
+def jobs(
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", metavar="N", min=1, help="How many recent jobs.")
+    ] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """List recent jobs, newest first.
+
+    With state, counts, images/s, model and directories.
+
+    Example: imgbatch jobs -n 5
+    """
+    from db.reads import list_jobs
+
+    with session() as s:
+        summaries = list_jobs(s, limit)
+    if as_json:
+        for summary in summaries:
+            print(json.dumps(_job_json(summary)))
+        return
+    table = Table()
+    for name in (
+        "job",
+        "created",
+        "state",
+        "images",
+        "ok",
+        "errors",
+        "pending",
+        "images/s",
+        "model",
+        "directories",
+    ):
+        table.add_column(name, no_wrap=name in ("job", "created"))
+    for m in summaries:
+        rate = m.images_per_second
+        table.add_row(
+            m.job_id[:12],
+            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            m.state,
+            *(str(n) for n in (m.total, m.ok, m.error, m.pending)),
+            "" if rate is None else f"{rate:.1f}",
+            m.model_sha256[:12],
+            Text(", ".join(m.roots)),
+        )
+    console.print(table)
+
+
+def _job_json(m: JobSummary) -> dict[str, object]:
+    return {
+        "id": m.job_id,
+        "created_at": m.created_at.isoformat(),
+        "state": m.state,
+        "total": m.total,
+        "ok": m.ok,
+        "error": m.error,
+        "pending": m.pending,
+        "images_per_second": m.images_per_second,
+        "model_sha256": m.model_sha256,
+        "roots": m.roots,
+    }
+
+
+def results(
+    job: JobArg = "latest",
+    fmt: Annotated[
+        Format, typer.Option("--format", "-f", metavar="FORMAT", help="table, csv, json or jsonl.")
+    ] = (Format.table),
+    label: Annotated[
+        str | None, typer.Option(metavar="LABEL", help="Only images with this top-1 label.")
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option(metavar="SCORE", help="Only images whose top-1 score is at least this.")
+    ] = None,
+    status_filter: Annotated[
+        StatusFilter | None,
+        typer.Option("--status", metavar="STATUS", help="Only ok, error or pending images."),
+    ] = None,
+    path_glob: Annotated[
+        str | None,
+        typer.Option(
+            metavar="GLOB", help="Only paths matching this glob (whole path; `*` crosses directories)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", metavar="N", min=1, help="At most N rows.")
+    ] = None,
+) -> None:
+    """Print every image of a job with its result.
+
+    Label, score, error and stage timings, in image order, streamed (constant memory).
+
+    Example: imgbatch results latest --label "tiger cat" --format csv
+    """
+    from db.models import ImageStatus
+    from db.reads import ResultFilter, find_job
+    from imgbatch.cli.results_out import print_table, result_dicts, write_csv, write_json, write_jsonl
+
+    wanted = ImageStatus(status_filter.value) if status_filter else None
+    filters = ResultFilter(label, min_score, wanted, path_glob)
+    with session() as s:
+        found = find_job(s, job)
+        if label is not None:
+            check_label(s, found, label)
+        rows = result_dicts(s, found.id, filters, limit)
+        writers = {Format.csv: write_csv, Format.json: write_json, Format.jsonl: write_jsonl}
+        writers.get(fmt, print_table)(rows)
+
+
+def check_label(s: Session, job: Job, label: str) -> None:
+    """UserError naming close matches when `label` is none of the job's model's classes."""
+    import difflib
+
+    known = _model_labels(s, job)
+    if not known or label in known:
+        return
+    folded = {k.casefold(): k for k in known}
+    close = [folded[label.casefold()]] if label.casefold() in folded else []
+    close += [m for m in difflib.get_close_matches(label, known, n=3, cutoff=0.6) if m not in close]
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UserError(f"the model of job {job.id[:12]} has no label {label!r}{hint}")
+
+
+def _model_labels(s: Session, job: Job) -> list[str]:
+    """The job model's class names from its file, or else every label the job's results carry."""
+    from pathlib import Path
+
+    from db.reads import label_histogram
+    from imgbatch.core.errors import ModelFileError
+    from imgbatch.core.modelfile import read_model_info
+
+    try:
+        return read_model_info(Path(job.model_path)).labels
+    except ModelFileError:
+        return [count.label for count in label_histogram(s, job.id)]
+
+
+def stats(job: JobArg = "latest", as_json: JsonFlag = False) -> None:
+    """Show where a job's time went.
+
+    Per-stage latency p50/p95/p99, images/s over time, images per worker, errors by reason, labels.
+
+    Example: imgbatch stats latest --json
+    """
+    from db.reads import find_job
+    from imgbatch.cli.stats_out import job_stats, print_stats
+
+    with session() as s:
+        data = job_stats(s, find_job(s, job).id)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_stats(console, data)
+
+
+def compare(
+    job_a: Annotated[str, typer.Argument(metavar="JOB_A", help="First job (e.g. the FP32 run).")],
+    job_b: Annotated[
+        str, typer.Argument(metavar="JOB_B", help="Second job (e.g. the INT8 run of the same images).")
+    ],
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", metavar="N", min=0, help="Changed images to list.")
+    ] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare the labels of two jobs.
+
+    Top-1 agreement over the images they share (matched by path), and what changed.
+
+    Example: imgbatch compare 3f2a 9c41 -n 20
+    """
+    from db.reads import changed_label_count, changed_labels, common_image_count, find_job
+
+    with session() as s:
+        a, b = find_job(s, job_a).id, find_job(s, job_b).id
+        common, changed = common_image_count(s, a, b), changed_label_count(s, a, b)
+        listed = changed_labels(s, a, b, limit=limit)
+    if common == 0:
+        raise UserError(f"jobs {a[:12]} and {b[:12]} share no image with a result (matched by path)")
+    agreement = (common - changed) / common
+    if as_json:
+        changes = [
+            {
+                "path": c.path,
+                "a": {"status": c.status_a, "label": c.label_a, "score": c.score_a},
+                "b": {"status": c.status_b, "label": c.label_b, "score": c.score_b},
+            }
+            for c in listed
+        ]
+        summary = {"job_a": a, "job_b": b, "common": common, "changed": changed, "agreement": agreement}
+        print(json.dumps({**summary, "changes": changes}, indent=2))
+        return
+    console.print(f"{common} images in both jobs; top-1 agreement {agreement:.2%} ({changed} changed)")
+    if listed:
+        table = Table(title=f"changed ({len(listed)} of {changed} shown)")
+        for name in ("path", f"{a[:8]} label", "score", f"{b[:8]} label", "score"):
+            table.add_column(name)
+        for c in listed:
+            table.add_row(
+                Text(c.path),
+                Text(c.label_a or c.status_a),
+                _score(c.score_a),
+                Text(c.label_b or c.status_b),
+                _score(c.score_b),
+            )
+        console.print(table)
+
+
+def _score(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"

@@ -1,0 +1,33 @@
+"""Arguments and options several commands share, spelled one way: upper-case metavars, flags bare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# Every command: -h as well as --help, and help text wrapped to the terminal, not by us.
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+JobArg = Annotated[str, typer.Argument(metavar="JOB", help="Job id, unique id prefix, or `latest`.")]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model", "-m", metavar="PATH", help="ONNX model (default: IMGBATCH_MODEL or the built one)."
+    ),
+]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", "-b", metavar="N", min=1, max=1024, help="Image paths per task message."),
+]
+NewFlag = Annotated[
+    bool,
+    typer.Option(
+        "--new", metavar="", help="Start a new job even if an unfinished one covers the same directories."
+    ),
+]
+WaitFlag = Annotated[
+    bool, typer.Option("--wait", metavar="", help="Wait with a progress bar until the job is done.")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", metavar="", help="JSON, for machines.")]

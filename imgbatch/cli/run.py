@@ -1,0 +1,254 @@
+"""Commands that start work: run (embedded), submit, resume, worker, samples."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.text import Text
+
+from imgbatch.cli.console import console, err_console, progress_bar, session, settings
+from imgbatch.cli.params import BatchOpt, JobArg, ModelOpt, NewFlag, WaitFlag
+from imgbatch.core.errors import UserError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from imgbatch.core.settings import Settings
+    from producer.submit import Submitted
+
+# More images than this and `run` prints a summary only, not every row.
+PRINT_ROWS_UP_TO = 50
+
+
+def run(
+    directories: Annotated[
+        list[Path] | None,
+        typer.Argument(metavar="DIR", help="Directories of images (default: the bundled sample photos)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", "-w", metavar="N", min=1, help="Worker processes (default: one per usable core)."
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    batch_size: BatchOpt = None,
+    new: NewFlag = False,
+) -> None:
+    """Classify directories here and now, then print a summary.
+
+    Starts a private Redis (unless IMGBATCH_REDIS_URL is set) and local worker processes, records
+    results in the database (SQLite in the data dir by default) and stops everything at the end.
+
+    Example: imgbatch run ~/photos --workers 2
+    """
+    from imgbatch.core.cpus import usable_cpus
+    from producer.embedded import run as run_embedded
+
+    config = settings()
+    dirs: list[str | Path] = list(directories or []) or [_sample_dir(config)]
+    bar = progress_bar()  # started once the job is recorded: a bad directory prints its one line only
+    task = bar.add_task("classifying", total=None)
+    started: dict[str, int] = {}
+
+    def on_submitted(sub: Submitted) -> None:
+        started["finished"] = sub.finished
+        if sub.resumed:
+            console.print(
+                f"Resuming unfinished job {sub.job_id} over the same directories (--new to start over)"
+            )
+        bar.update(task, total=sub.images, completed=sub.finished, description=f"job {sub.job_id[:8]}")
+        bar.start()
+
+    def on_progress(finished: int, total: int) -> None:
+        bar.update(task, completed=finished, total=total)
+
+    try:
+        outcome = run_embedded(
+            config,
+            dirs,
+            workers or usable_cpus(),
+            model or config.model_path,
+            batch_size or config.batch_size,
+            new=new,
+            on_submitted=on_submitted,
+            on_progress=on_progress,
+        )
+    except KeyboardInterrupt:
+        bar.stop()
+        err_console.print(
+            "interrupted: workers stopped; finished images are kept, and `imgbatch run` on the same "
+            "directories resumes the job"
+        )
+        raise typer.Exit(130) from None
+    finally:
+        bar.stop()
+    print_summary(outcome.submitted.job_id, outcome.seconds, since_finished=started.get("finished", 0))
+
+
+def _sample_dir(config: Settings) -> Path:
+    from imgbatch.core.samples import write_photos
+
+    sample_dir = config.data_dir / "samples"
+    write_photos(sample_dir)
+    console.print(Text(f"No directory given: classifying the bundled sample photos in {sample_dir}"))
+    return sample_dir
+
+
+def submit(
+    directories: Annotated[
+        list[Path], typer.Argument(metavar="DIR", help="Directories of images, walked recursively.")
+    ],
+    model: ModelOpt = None,
+    batch_size: BatchOpt = None,
+    wait: WaitFlag = False,
+    new: NewFlag = False,
+) -> None:
+    """Record a job for the workers at IMGBATCH_REDIS_URL.
+
+    Prints the job id as the last line of stdout. Keeps a bounded number of batches in Redis, so it
+    returns once every batch is queued (with --wait, once every image is done). Re-running it after a
+    crash continues the unfinished job.
+
+    Example: imgbatch submit /data/photos --wait
+    """
+    from db.engine import make_engine
+    from producer.submit import record_job
+
+    config = settings()
+    broker_url = _require_redis(config, "submit")
+    engine = make_engine(config.db_url)  # record_job checks Redis and migrates the schema itself
+    model_path = model or config.model_path
+    submitted = record_job(
+        list(directories), model_path, batch_size or config.batch_size, engine, broker_url, new=new
+    )
+    verb = "resuming unfinished job" if submitted.resumed else "recorded job"
+    err_console.print(f"{verb} {submitted.job_id} with {submitted.images} images")
+    _feed(config, engine, broker_url, submitted.job_id, wait, submitted.finished)
+    print(submitted.job_id)
+
+
+def resume(job: JobArg = "latest", wait: WaitFlag = False) -> None:
+    """Send a job's pending images again.
+
+    For instance after Redis restarted empty.
+
+    Example: imgbatch resume latest --wait
+    """
+    from sqlalchemy.orm import Session
+
+    from db.reads import find_job, job_counts
+    from imgbatch.cli.console import engine
+    from worker.app import check_redis
+
+    config = settings()
+    broker_url = _require_redis(config, "resume")
+    check_redis(broker_url)
+    migrated = engine(config)
+    with Session(migrated) as s:
+        job_id = find_job(s, job).id
+        finished = job_counts(s, job_id).finished
+    _feed(config, migrated, broker_url, job_id, wait, finished)
+    print(job_id)
+
+
+def _require_redis(config: Settings, command: str) -> str:
+    """The configured broker URL; `submit` and `resume` have no embedded Redis to fall back on."""
+    if config.redis_url is None:
+        raise UserError(
+            f"IMGBATCH_REDIS_URL is not set: `{command}` feeds running workers "
+            "(use `imgbatch run` for the embedded mode)"
+        )
+    return config.redis_url
+
+
+def _feed(config: Settings, engine: Engine, broker_url: str, job_id: str, wait: bool, finished: int) -> None:
+    from producer.submit import feed
+
+    start = time.monotonic()
+    if not wait:
+        feed(config, engine, job_id, broker_url, wait=False)
+        return
+    with progress_bar() as bar:
+        task = bar.add_task(f"job {job_id[:8]}", total=None)
+        feed(
+            config,
+            engine,
+            job_id,
+            broker_url,
+            wait=True,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    print_summary(job_id, time.monotonic() - start, since_finished=finished, show_rows=False)
+
+
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency", "-c", metavar="N", min=1, help="Pool processes (default: one per usable core)."
+        ),
+    ] = None,
+    loglevel: Annotated[
+        str, typer.Option("--loglevel", "-l", metavar="LEVEL", help="DEBUG, INFO, WARNING...")
+    ] = "INFO",
+) -> None:
+    """Run a Celery worker.
+
+    One model session per pool process; results are written to the database.
+
+    Example: IMGBATCH_REDIS_URL=redis://queue:6379/0 imgbatch worker -c 4
+    """
+    from worker.main import start_worker
+
+    start_worker(settings(), concurrency, loglevel)
+
+
+def samples(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Where to write the JPEG files.")],
+    count: Annotated[
+        int,
+        typer.Option(
+            "--count", "-n", metavar="N", min=0, help="Variants to make; 0 writes the originals only."
+        ),
+    ] = 0,
+    seed: Annotated[int, typer.Option(metavar="N", help="Random seed of the variants.")] = 0,
+    max_side: Annotated[int, typer.Option(metavar="PIXELS", help="Largest side of a variant.")] = 1024,
+) -> None:
+    """Write real photos for demos and tests.
+
+    scikit-image's samples, or crops, flips and rescales of them.
+
+    Example: imgbatch samples /tmp/photos -n 500
+    """
+    from imgbatch.core.samples import make_variants, write_photos
+
+    paths = make_variants(directory, count, seed, max_side=max_side) if count else write_photos(directory)
+    console.print(Text(f"wrote {len(paths)} photos to {directory}"))
+
+
+def print_summary(job_id: str, seconds: float, since_finished: int = 0, show_rows: bool = True) -> None:
+    """The job's counts and top labels; the rate is of the images finished in these `seconds`."""
+    from db.reads import find_job, job_counts, label_histogram
+    from imgbatch.cli.results_out import print_table, result_dicts
+
+    with session() as s:
+        counts = job_counts(s, job_id)
+        if show_rows and counts.total <= PRINT_ROWS_UP_TO:
+            roots = find_job(s, job_id).roots
+            print_table(result_dicts(s, job_id), roots[0] if len(roots) == 1 else None)
+        labels = label_histogram(s, job_id, limit=5)
+    classified = max(0, counts.finished - since_finished)
+    rate = classified / seconds if seconds > 0 else 0.0
+    resumed = f" ({classified} in this run)" if since_finished else ""
+    console.print(
+        f"job {job_id}: {counts.total} images, {counts.ok} ok, {counts.error} errors{resumed}, "
+        f"{seconds:.1f} s, {rate:.1f} images/s",
+        markup=False,
+        highlight=False,
+    )
+    if labels:
+        console.print(Text("top labels: " + ", ".join(f"{c.label} ({c.count})" for c in labels)))
