@@ -22,7 +22,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 PG_LOCK_KEY = 0x1A6BA7C4
 
 
-def _config(connection: Connection | None = None) -> Config:
+def alembic_config(connection: Connection | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
@@ -31,7 +31,7 @@ def _config(connection: Connection | None = None) -> Config:
 
 
 def head() -> str:
-    return ScriptDirectory.from_config(_config()).get_current_head() or ""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head() or ""
 
 
 def current(connection: Connection) -> str | None:
@@ -47,7 +47,7 @@ def upgrade(engine: Engine) -> bool:
     with _exclusive(engine), engine.begin() as conn:
         if current(conn) == target:  # another process did it while we waited
             return False
-        command.upgrade(_config(conn), "head")
+        command.upgrade(alembic_config(conn), "head")
     return True
 
 

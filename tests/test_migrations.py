@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select, text
 
-from db.engine import make_engine
+from conftest import imgbatch_env, run_cli
+from db.engine import make_engine, session_factory
 from db.migrate import current, head, upgrade
-from db.models import Base
+from db.models import Base, Image, ImageStatus, JobState
+from db.reads import find_job, job_counts
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -40,4 +43,41 @@ def test_concurrent_upgrades_of_one_fresh_database(db_url: str) -> None:
     engine = make_engine(db_url)
     with engine.connect() as conn:
         assert current(conn) == head()
+    engine.dispose()
+
+
+def test_a_database_of_the_first_schema_upgrades_and_keeps_its_rows(db_url: str, tmp_path: Path) -> None:
+    """A database written before image statuses were enums ('done' for a classified image) is
+    migrated by `imgbatch db upgrade`: same rows, the one spelling 'ok'."""
+    from alembic import command
+
+    from db.migrate import alembic_config
+
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, created_at, state, roots, model_path, model_sha256, batch_size, "
+                "total_images) VALUES ('old', CURRENT_TIMESTAMP, 'done', '[\"/x\"]', '/m.onnx', :sha, 8, 3)"
+            ),
+            {"sha": "a" * 64},
+        )
+        for path, state in (("/x/a.jpg", "done"), ("/x/b.jpg", "error"), ("/x/c.jpg", "pending")):
+            conn.execute(
+                text("INSERT INTO images (job_id, path, state) VALUES ('old', :p, :s)"),
+                {"p": path, "s": state},
+            )
+    proc = run_cli(["db", "upgrade"], imgbatch_env(tmp_path, IMGBATCH_DATABASE_URL=db_url))
+    assert proc.returncode == 0, proc.stderr
+    assert f"migrated to revision {head()}" in proc.stdout
+    with session_factory(engine)() as s:
+        states = dict(s.execute(select(Image.path, Image.state)).all())
+        assert states == {
+            "/x/a.jpg": ImageStatus.OK,
+            "/x/b.jpg": ImageStatus.ERROR,
+            "/x/c.jpg": ImageStatus.PENDING,
+        }
+        assert find_job(s, "old").state is JobState.DONE
+        assert job_counts(s, "old").ok == 1
     engine.dispose()

@@ -15,7 +15,7 @@ from db import reads as stats
 from imgbatch.core.errors import UserError
 from imgbatch.report import charts
 from imgbatch.report.template import REPORT_TEMPLATE
-from imgbatch.report.thumbs import THUMB_SIDE, Thumb, make_thumbs
+from imgbatch.report.thumbs import THUMB_SIDE, make_thumbs
 
 
 @dataclass(frozen=True)
@@ -64,32 +64,67 @@ def build_report(
             "start workers or wait, then report again"
         )
     labels = stats.label_histogram(session, job_id)
+    groups = _gallery(session, job_id, labels, opts)
+    lowest = stats.lowest_confidence(session, job_id, opts.lowest)
+    compare = _comparison(session, job_id, compare_job_id, opts) if compare_job_id is not None else None
+    files = [(im.path, im.file) for g in groups for im in g.images] + [(im.path, im.file) for im in lowest]
+    if compare is not None:
+        files += [(c.path, c.file) for c in compare["changes"]]
+    stage_samples = stats.stage_samples(session, job_id, limit=opts.stage_sample_limit)
+    return (
+        _environment(summary.roots)
+        .from_string(REPORT_TEMPLATE)
+        .render(
+            s=summary,
+            stages=_stage_rows(stage_samples),
+            labels=labels,
+            groups=groups,
+            labels_without_thumbs=labels[len(groups) :],
+            per_label=max(opts.per_label, 0),
+            open_groups=opts.open_groups,
+            lowest=lowest,
+            error_groups=stats.error_groups(session, job_id, limit_per_reason=opts.errors_per_reason),
+            charts=_charts(session, summary, labels, stage_samples, opts),
+            thumbs=make_thumbs(files, opts.thumb_side),
+            compare=compare,
+            generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        )
+    )
+
+
+def _gallery(
+    session: Session, job_id: str, labels: list[stats.LabelCount], opts: ReportOptions
+) -> list[_Group]:
+    """The label groups that get thumbnails: as many of the largest as the thumbnail budget allows."""
     per_label = max(opts.per_label, 0)
     with_thumbs = min(len(labels), opts.max_gallery_thumbs // per_label) if per_label else 0
     samples = stats.label_samples(session, job_id, [lc.label for lc in labels[:with_thumbs]], per_label)
-    groups = [
+    return [
         _Group(lc.label, lc.count, lc.mean_score, lc.min_score, samples.get(lc.label, []))
         for lc in labels[:with_thumbs]
     ]
-    lowest = stats.lowest_confidence(session, job_id, opts.lowest)
-    errors = stats.error_groups(session, job_id, limit_per_reason=opts.errors_per_reason)
-    stage_samples = stats.stage_samples(session, job_id, limit=opts.stage_sample_limit)
+
+
+def _comparison(session: Session, job_id: str, other: str, opts: ReportOptions) -> dict[str, Any]:
+    return {
+        "job_id": other,
+        "changes": stats.changed_labels(session, job_id, other, limit=opts.changes),
+        "count": stats.changed_label_count(session, job_id, other),
+        "common": stats.common_image_count(session, job_id, other),
+    }
+
+
+def _charts(
+    session: Session,
+    summary: stats.JobSummary,
+    labels: list[stats.LabelCount],
+    stage_samples: dict[str, list[float]],
+    opts: ReportOptions,
+) -> list[_Chart]:
+    job_id = summary.job_id
     throughput = stats.throughput_by_worker(session, job_id, min_bucket_seconds=0.5, since=summary.created_at)
-
-    compare: dict[str, Any] | None = None
-    files = [(im.path, im.file) for g in groups for im in g.images] + [(im.path, im.file) for im in lowest]
-    if compare_job_id is not None:
-        changes = stats.changed_labels(session, job_id, compare_job_id, limit=opts.changes)
-        compare = {
-            "job_id": compare_job_id,
-            "changes": changes,
-            "count": stats.changed_label_count(session, job_id, compare_job_id),
-            "common": stats.common_image_count(session, job_id, compare_job_id),
-        }
-        files += [(c.path, c.file) for c in changes]
-    thumbs: dict[str, Thumb] = make_thumbs(files, opts.thumb_side)
-
-    chart_list = [
+    top = [(lc.label, lc.count) for lc in labels[: opts.top_labels_chart]]
+    return [
         _Chart(
             "stages",
             "Histograms of per-image latency by stage: queue wait, decode, inference, persist",
@@ -103,13 +138,12 @@ def build_report(
             "Histogram of top-1 scores",
             _uri(charts.score_histogram(stats.score_values(session, job_id))),
         ),
-        _Chart(
-            "labels",
-            "Most frequent labels",
-            _uri(charts.label_bars([(lc.label, lc.count) for lc in labels[: opts.top_labels_chart]])),
-        ),
+        _Chart("labels", "Most frequent labels", _uri(charts.label_bars(top))),
     ]
-    stage_rows = [
+
+
+def _stage_rows(stage_samples: dict[str, list[float]]) -> list[dict[str, Any]]:
+    return [
         {
             "title": charts.STAGE_TITLES[stage],
             "p50": stats.percentile(values, 50) if values else 0.0,
@@ -117,25 +151,6 @@ def build_report(
         }
         for stage, values in stage_samples.items()
     ]
-    return (
-        _environment(summary.roots)
-        .from_string(REPORT_TEMPLATE)
-        .render(
-            s=summary,
-            stages=stage_rows,
-            labels=labels,
-            groups=groups,
-            labels_without_thumbs=labels[with_thumbs:],
-            per_label=per_label,
-            open_groups=opts.open_groups,
-            lowest=lowest,
-            error_groups=errors,
-            charts=chart_list,
-            thumbs=thumbs,
-            compare=compare,
-            generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        )
-    )
 
 
 def write_report(html: str, output: Path) -> None:
