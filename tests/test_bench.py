@@ -66,7 +66,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     assert ratios["scaling"] is None  # one worker count: no scaling line
     assert set(result["targets"]) >= {"pipeline_vs_bare_pillow", "int8_vs_fp32", "scaling"}
     assert result["one_result_per_image"] is True
-    from imgbatch.cli.bench import render
+    from imgbatch.bench.report import render
 
     rendered = render(result)  # the text form of the same figures explains the INT8 / FP32 line
     assert "of which: inference alone" in rendered and "at most, as both decode the same files" in rendered

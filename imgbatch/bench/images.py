@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from imgbatch.bench.plan import Say
 
 # (share, name, long-side range in pixels, JPEG quality range)
 SIZE_CLASSES: tuple[tuple[float, str, tuple[int, int], tuple[int, int]], ...] = (
@@ -63,6 +68,31 @@ def make_bench_set(directory: Path, count: int, seed: int = 0, processes: int | 
         return [_write(directory, plan) for plan in plans]
     with ProcessPoolExecutor(workers) as pool:
         return list(pool.map(_write, [directory] * len(plans), plans, chunksize=16))
+
+
+def job_images(directory: Path, count: int, work: Path, say: Say) -> tuple[list[Path], Path]:
+    """The ``count`` images of every bench job, and the directory the jobs cover: ``directory`` (a bench
+    set is written there if it is missing or empty), or links to its first ``count`` files under ``work``."""
+    found = list_images(directory) if directory.is_dir() else []
+    if not found:
+        say(f"writing a benchmark set of {count} photos to {directory} ...")
+        found = make_bench_set(directory, count)
+    if len(found) > count:  # a job covers a whole directory: link the first N into the work dir
+        job_dir = work / "images"
+        job_dir.mkdir(exist_ok=True)
+        for i, src in enumerate(found[:count]):
+            _link_or_copy(src, job_dir / f"{i:06d}_{src.name}")
+        return list_images(job_dir), job_dir
+    if len(found) < count:
+        say(f"note: {directory} has {len(found)} images, fewer than --images {count}")
+    return found, directory.resolve()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def describe(paths: Iterable[Path]) -> dict[str, float]:

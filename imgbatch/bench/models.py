@@ -8,7 +8,26 @@ import tempfile
 from pathlib import Path
 
 from imgbatch.core import modelfile
-from imgbatch.core.errors import UserError
+from imgbatch.core.errors import ModelFileError, UserError
+
+
+def fp32_sibling(model: Path) -> Path:
+    """Where the FP32 twin of ``model`` lives by default: beside it, ``.int8.`` read as ``.fp32.``."""
+    name = model.name
+    return model.with_name(
+        name.replace(".int8.", ".fp32.") if ".int8." in name else f"{model.stem}.fp32.onnx"
+    )
+
+
+def check_fp32_twin(fp32_path: Path, info: modelfile.ModelInfo, model_path: Path) -> None:
+    """The FP32 model must be an imgbatch model that reads images as the INT8 one does."""
+    twin = modelfile.read_model_info(fp32_path)
+    for what in ("labels", "preprocess"):
+        if getattr(twin, what) != getattr(info, what):
+            raise ModelFileError(
+                f"{fp32_path} is not an FP32 twin of {model_path}: its {what} differ "
+                "(give --fp32-model, or remove it to have it exported)"
+            )
 
 
 def attach_contract(raw_fp32: Path, like: Path, output: Path) -> Path:
