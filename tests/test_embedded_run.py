@@ -78,8 +78,16 @@ def test_ctrl_c_stops_workers_and_redis(tmp_path: Path, model_path: Path) -> Non
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "Traceback" not in stderr, stderr
+    assert "interrupted" in stderr and "resumes the job" in stderr, stderr
     time.sleep(0.5)
     assert not [pid for pid in helpers if _alive(pid)], "redis-server or workers outlived Ctrl-C"
     with session_factory(db)() as session:
-        assert (session.scalar(select(func.count()).select_from(Result)) or 0) < 400
+        kept = session.scalar(select(func.count()).select_from(Result)) or 0
+    assert 0 < kept < 400
     db.dispose()
+    # Run again: the job resumes, and its rate is of the images classified in this run only.
+    again = run_cli(["run", str(photos), "--workers", "1"], env)
+    assert again.returncode == 0, again.stderr
+    out = " ".join(again.stdout.split())
+    assert "Resuming unfinished job" in out
+    assert f"400 images, 400 ok, 0 errors ({400 - kept} in this run)" in out, out

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from conftest import imgbatch_env, run_cli
+from conftest import assert_one_line_error, imgbatch_env, run_cli
 from db.engine import ensure_schema, make_engine, session_factory
 from db.reads import ResultFilter, iter_image_batches, results_query
 from db.writes import add_images, create_job, finish_job_if_complete, save_results
@@ -90,6 +90,15 @@ def test_results_filters_and_formats(tmp_path: Path, db_url: str) -> None:
     assert len(lines) == 80 and all(json.loads(line)["label"] == "moped" for line in lines)
     as_json = json.loads(run_cli(["results", "job_q", "--format", "json", "--status", "error"], env).stdout)
     assert len(as_json) == 40
+
+    # A label the model does not have is a mistake worth saying, with the close ones (the job's model
+    # file is gone here, so the job's own labels are what it knows).
+    for typo, meant in (("Espresso", "espresso"), ("mopedd", "moped"), ("tabbby", "tabby")):
+        wrong = run_cli(["results", "job_q", "--label", typo], env)
+        assert_one_line_error(wrong, f"no label '{typo}'", f"did you mean '{meant}'")
+    unknown = run_cli(["results", "job_q", "--label", "zebra"], env)
+    assert_one_line_error(unknown, "no label 'zebra'")
+    assert "did you mean" not in unknown.stderr
 
 
 def test_jobs_stats_and_compare(tmp_path: Path, db_url: str) -> None:
