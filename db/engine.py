@@ -11,20 +11,33 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from imgbatch.core.errors import UserError
-from imgbatch.core.settings import redact_url
+from imgbatch.core.settings import Settings
+from imgbatch.core.urls import check_database_url, redact_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str) -> Engine:
+def engine_for(settings: Settings) -> Engine:
+    """The engine of the configured database; only the default SQLite file's directory is created."""
+    return make_engine(settings.db_url, create_parent=settings.database_url is None)
+
+
+def make_engine(url: str, create_parent: bool = False) -> Engine:
+    """An engine for `url`; UserError (one line, password hidden) for a malformed URL or a SQLite file
+    whose directory does not exist (created only with `create_parent`)."""
+    url = check_database_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise UserError(f"invalid database URL {redact_url(url)!r}: {exc}") from exc
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            parent = Path(parsed.database).parent
+            if create_parent:
+                parent.mkdir(parents=True, exist_ok=True)
+            elif not parent.is_dir():
+                raise UserError(f"cannot use database {redact_url(url)}: no such directory {parent}")
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         kwargs["pool_pre_ping"] = True
@@ -60,7 +73,7 @@ def ensure_schema(engine: Engine) -> None:
 
 def database_error(engine: Engine, exc: BaseException) -> UserError:
     """One readable line for a database that can't be reached or migrated; the password hidden."""
-    where = engine.url.render_as_string(hide_password=True)
+    where = redact_url(engine.url.render_as_string(hide_password=False))
     reason = _first_line(exc.orig if isinstance(exc, OperationalError) else exc)
     return UserError(f"cannot use database {where}: {reason}")
 

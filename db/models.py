@@ -14,7 +14,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -31,8 +30,16 @@ class Base(DeclarativeBase):
 
 
 class JobState(StrEnum):
+    """A job is SCANNING until its directories are walked, RUNNING until no image is pending, then DONE;
+    CANCELLED stops sending its pending images. A job is never finished while its scan goes on."""
+
+    SCANNING = "scanning"
     RUNNING = "running"
     DONE = "done"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATES = (JobState.SCANNING, JobState.RUNNING)
 
 
 class ImageStatus(StrEnum):
@@ -61,10 +68,12 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    state: Mapped[JobState] = mapped_column(_stored_as_text(JobState, 16), default=JobState.RUNNING)
-    # The resolved directories the job was submitted with; workers read nothing outside them.
+    state: Mapped[JobState] = mapped_column(_stored_as_text(JobState, 16), default=JobState.SCANNING)
+    # The resolved directories the job was submitted with (stored as imgbatch.core.names encodes
+    # paths); workers read nothing outside them.
     roots: Mapped[list[Any]] = mapped_column(JSON)
     model_path: Mapped[str] = mapped_column(Text)
+    # sha256 of the model file, computed from its bytes: workers run only a file with this hash.
     model_sha256: Mapped[str] = mapped_column(String(64))
     batch_size: Mapped[int] = mapped_column(Integer)
     total_images: Mapped[int] = mapped_column(Integer, default=0)
@@ -81,10 +90,9 @@ class Image(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    # Printable path; a name that is not valid UTF-8 shows its odd bytes as \xNN here...
+    # The file's exact bytes as text, losslessly and uniquely (imgbatch.core.names.encode_path: as
+    # `ls -b` shows it, a backslash doubled, a byte that is not UTF-8 as \xNN).
     path: Mapped[str] = mapped_column(Text)
-    # ...and keeps its exact bytes here, so the worker can still open it.
-    raw_path: Mapped[bytes | None] = mapped_column(LargeBinary)
     state: Mapped[ImageStatus] = mapped_column(_stored_as_text(ImageStatus, 16), default=ImageStatus.PENDING)
 
     job: Mapped[Job] = relationship(back_populates="images")

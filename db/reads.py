@@ -9,7 +9,6 @@ query, so the same code runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +17,8 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, aliased
 
-from db.models import Image, ImageStatus, Job, JobState, Result
+from db.models import ACTIVE_STATES, Image, ImageStatus, Job, JobState, Result
+from imgbatch.core.names import open_path
 
 STAGES = ("queue_ms", "decode_ms", "infer_ms", "persist_ms")
 _STAGE_COLUMNS = {
@@ -36,11 +36,6 @@ class NotFound(LookupError):
 def as_utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes (stored as UTC), PostgreSQL aware ones: make both aware."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def open_name(path: str, raw_path: bytes | None) -> str:
-    """The file name to open for an image row, as the workers do (exact bytes when recorded)."""
-    return os.fsdecode(raw_path) if raw_path is not None else path
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -198,13 +193,42 @@ def job_source(session: Session, job_id: str) -> JobSource | None:
 
 
 def find_unfinished_job(session: Session, roots: Sequence[str], model_sha256: str) -> Job | None:
-    """The newest running job over exactly these directories with this model, to resume after a crash."""
+    """The newest scanning or running job over exactly these directories with this model, to resume
+    after a crash."""
     candidates = session.scalars(
         select(Job)
-        .where(Job.state == JobState.RUNNING, Job.model_sha256 == model_sha256)
+        .where(Job.state.in_(ACTIVE_STATES), Job.model_sha256 == model_sha256)
         .order_by(Job.created_at.desc())
     )
     return next((job for job in candidates if sorted(job.roots) == sorted(roots)), None)
+
+
+@dataclass(frozen=True)
+class ActiveJob:
+    job_id: str
+    state: JobState
+    batch_size: int
+
+
+def active_jobs(session: Session) -> list[ActiveJob]:
+    """Jobs whose images are still to be sent (scanning or running), oldest first."""
+    rows = session.execute(
+        select(Job.id, Job.state, Job.batch_size)
+        .where(Job.state.in_(ACTIVE_STATES))
+        .order_by(Job.created_at, Job.id)
+    ).all()
+    return [ActiveJob(r.id, JobState(r.state), r.batch_size) for r in rows]
+
+
+def job_state(session: Session, job_id: str) -> JobState | None:
+    state = session.scalar(select(Job.state).where(Job.id == job_id))
+    return None if state is None else JobState(state)
+
+
+def has_pending(session: Session, job_id: str) -> bool:
+    """Whether any image of the job is pending (an index probe, however big the job)."""
+    stmt = select(Image.id).where(Image.job_id == job_id, Image.state == ImageStatus.PENDING).limit(1)
+    return session.scalar(stmt) is not None
 
 
 def job_batch_size(session: Session, job_id: str) -> int:
@@ -218,32 +242,44 @@ def job_batch_size(session: Session, job_id: str) -> int:
 def next_image_batch(
     session: Session, job_id: str, after_id: int, batch_size: int, state: ImageStatus = ImageStatus.PENDING
 ) -> list[tuple[int, str]]:
-    """Up to `batch_size` (id, openable path) pairs of the job's images in `state` with id > `after_id`."""
+    """Up to `batch_size` (id, stored path) pairs of the job's images in `state` with id > `after_id`."""
     rows = session.execute(
-        select(Image.id, Image.path, Image.raw_path)
+        select(Image.id, Image.path)
         .where(Image.job_id == job_id, Image.state == state, Image.id > after_id)
         .order_by(Image.id)
         .limit(batch_size)
     ).all()
-    return [(r.id, os.fsdecode(r.raw_path) if r.raw_path is not None else r.path) for r in rows]
+    return [(r.id, r.path) for r in rows]
 
 
 def iter_image_batches(
     session: Session, job_id: str, batch_size: int, state: ImageStatus = ImageStatus.PENDING
 ) -> Iterator[list[tuple[int, str]]]:
-    """(id, openable path) pairs of the job's images in `state`, in id order, `batch_size` at a time."""
+    """(id, stored path) pairs of the job's images in `state`, in id order, `batch_size` at a time."""
     last_id = 0
     while batch := next_image_batch(session, job_id, last_id, batch_size, state):
         yield batch
         last_id = batch[-1][0]
 
 
-def job_image_paths(session: Session, job_id: str, image_ids: list[int]) -> dict[int, str]:
-    """Openable paths of those of `image_ids` that belong to the job."""
+def job_images(session: Session, job_id: str, image_ids: list[int]) -> dict[int, tuple[str, ImageStatus]]:
+    """{id: (stored path, state)} of those of `image_ids` that belong to the job."""
     rows = session.execute(
-        select(Image.id, Image.path, Image.raw_path).where(Image.job_id == job_id, Image.id.in_(image_ids))
+        select(Image.id, Image.path, Image.state).where(Image.job_id == job_id, Image.id.in_(image_ids))
     ).all()
-    return {r.id: os.fsdecode(r.raw_path) if r.raw_path is not None else r.path for r in rows}
+    return {r.id: (r.path, ImageStatus(r.state)) for r in rows}
+
+
+def error_image_ids(
+    session: Session, job_id: str, reason: str | None, after_id: int, limit: int
+) -> list[int]:
+    """Ids of the job's images with an error row (whose error starts with `reason`, when given)."""
+    stmt = select(Result.image_id).where(
+        Result.job_id == job_id, Result.status == ImageStatus.ERROR, Result.image_id > after_id
+    )
+    if reason:
+        stmt = stmt.where(Result.error.startswith(reason, autoescape=True))
+    return list(session.scalars(stmt.order_by(Result.image_id).limit(limit)))
 
 
 # ---------------------------------------------------------------------------- results
@@ -356,7 +392,7 @@ class ScoredImage:
     score: float
     # [[class_index, label, score], ...] best first.
     top5: list[Any] = field(default_factory=list)
-    # The name to open: differs from `path` (printable) only for names that are not valid UTF-8.
+    # The name to open (`path` decoded to the file's exact bytes).
     file: str = ""
 
 
@@ -367,7 +403,7 @@ def _scored(row: Any) -> ScoredImage:
         str(row.label),
         float(row.score or 0.0),
         list(row.top5 or []),
-        open_name(str(row.path), row.raw_path),
+        open_path(str(row.path)),
     )
 
 
@@ -384,7 +420,7 @@ def label_samples(
         .label("rank")
     )
     ranked = (
-        select(Result.image_id, Image.path, Image.raw_path, Result.label, Result.score, Result.top5, rank)
+        select(Result.image_id, Image.path, Result.label, Result.score, Result.top5, rank)
         .join(Image, Image.id == Result.image_id)
         .where(Result.job_id == job_id, Result.status == ImageStatus.OK, Result.label.in_(list(labels)))
         .subquery()
@@ -401,7 +437,7 @@ def label_samples(
 def lowest_confidence(session: Session, job_id: str, limit: int = 24) -> list[ScoredImage]:
     """The successful results the model was least sure of, least confident first."""
     rows = session.execute(
-        select(Result.image_id, Image.path, Image.raw_path, Result.label, Result.score, Result.top5)
+        select(Result.image_id, Image.path, Result.label, Result.score, Result.top5)
         .join(Image, Image.id == Result.image_id)
         .where(Result.job_id == job_id, Result.status == ImageStatus.OK)
         .order_by(Result.score.asc(), Result.image_id)
@@ -610,7 +646,6 @@ def changed_labels(session: Session, job_a: str, job_b: str, limit: int | None =
             rb.status,
             rb.label,
             rb.score,
-            ia.raw_path,
         ),
     )
     stmt = stmt.where(differs).order_by(stmt.selected_columns[0])
@@ -627,9 +662,9 @@ def changed_labels(session: Session, job_a: str, job_b: str, limit: int | None =
             ImageStatus(sb),
             lb,
             _float(pb),
-            open_name(path, raw),
+            open_path(path),
         )
-        for path, ia, ib, sa, la, pa, sb, lb, pb, raw in session.execute(stmt).all()
+        for path, ia, ib, sa, la, pa, sb, lb, pb in session.execute(stmt).all()
     ]
 
 

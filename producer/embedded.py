@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from db.engine import ensure_schema, make_engine
+from db.engine import engine_for, ensure_schema
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
 from imgbatch.core.settings import Settings
 from producer.local_redis import local_redis
-from producer.submit import Submitted, feed, record_job
+from producer.submit import Submitted, record_job
+from producer.watch import Notice, Watcher
 from worker.app import check_redis
 
 WORKER_STOP_TIMEOUT_S = 30
@@ -64,9 +65,10 @@ def run(
     new: bool = False,
     on_submitted: Callable[[Submitted], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_notice: Notice | None = None,
 ) -> RunOutcome:
     read_model_info(model_path)  # a bad model stops us before anything starts
-    engine = make_engine(settings.db_url)
+    engine = engine_for(settings)
     ensure_schema(engine)
     log_path = settings.data_dir / "logs" / "workers.log"
     with contextlib.ExitStack() as stack:
@@ -83,7 +85,9 @@ def run(
         )
         proc = stack.enter_context(worker_processes(workers, env, log_path))
         start = time.monotonic()
-        submitted = record_job(directories, model_path, batch_size, engine, broker_url, new=new)
+        submitted = record_job(
+            directories, model_path, batch_size, engine, broker_url, new=new, scan_chunk=settings.scan_chunk
+        )
         if on_submitted:
             on_submitted(submitted)
 
@@ -96,7 +100,7 @@ def run(
             if on_progress:
                 on_progress(finished, total)
 
-        feed(settings, engine, submitted.job_id, broker_url, wait=True, on_progress=progress)
+        Watcher(settings, engine, broker_url).watch(submitted.job_id, progress, on_notice)
         return RunOutcome(submitted, time.monotonic() - start)
 
 

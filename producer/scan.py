@@ -1,4 +1,4 @@
-"""Walk the submitted directories for image files."""
+"""Walk the submitted directories for image files, iteratively and in constant memory per directory."""
 
 from __future__ import annotations
 
@@ -31,33 +31,43 @@ def resolve_roots(directories: Sequence[str | Path]) -> list[Path]:
 
 
 def scan(roots: Sequence[Path]) -> Iterator[str]:
-    """Image files under the roots, recursively, extensions matched case-insensitively, in sorted order.
+    """Image names under the roots, extensions matched case-insensitively, each directory's files in
+    sorted order before its subdirectories (depth first, sorted).
 
-    Symlinked directories are not followed, so a walk cannot loop or leave its root; files are
-    yielded under their root's path (workers re-check after resolving symlinks).
+    Every entry with an image extension that is not a directory is yielded, whatever it is: a FIFO,
+    socket, device or dangling symlink gets a row saying why it is not an image rather than being
+    skipped without a word. Symlinked directories are not followed, so a walk cannot loop or leave
+    its root (workers re-check every file after resolving symlinks). An explicit stack, not
+    recursion: any depth. Nothing is kept across directories but the stack: a root inside another
+    root is walked once, as part of the outer one.
     """
-    seen: set[str] = set()
-    for root in roots:
-        for path in _walk(str(root)):
-            if path not in seen:
-                seen.add(path)
-                yield path
+    outer = [r for r in roots if not any(r != o and r.is_relative_to(o) for o in roots)]
+    for root in outer:
+        stack = [str(root)]
+        while stack:
+            directory = stack.pop()
+            files, subdirs = _entries(directory)
+            for name in files:
+                yield os.path.join(directory, name)
+            stack.extend(os.path.join(directory, name) for name in reversed(subdirs))
 
 
-def _walk(directory: str) -> Iterator[str]:
+def _entries(directory: str) -> tuple[list[str], list[str]]:
+    """(image file names, subdirectory names) of one directory, each sorted; names only, no stat."""
+    files: list[str] = []
+    subdirs: list[str] = []
     try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                        files.append(entry.name)
+                except OSError:
+                    continue
     except OSError:  # unreadable directory: nothing under it can be read by workers either
-        return
-    subdirs = []
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                subdirs.append(entry.path)
-            # Regular files and symlinks to them; FIFOs and devices would block or never end a read.
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
-                yield entry.path
-        except OSError:
-            continue
-    for subdir in subdirs:
-        yield from _walk(subdir)
+        return [], []
+    files.sort()
+    subdirs.sort()
+    return files, subdirs

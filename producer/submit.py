@@ -1,22 +1,28 @@
-"""Record a job and its images, then feed batches of paths (never pixels) to the workers' queue."""
+"""Record a job and its images, streaming: the scan inserts its names a chunk per short transaction,
+and the job stays SCANNING until the scan is over, so workers start on the first images while it goes
+on. Sending batches is the workers' dispatcher's job (worker.dispatcher), not the producer's."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import ensure_schema, session_factory
-from db.reads import find_unfinished_job, job_batch_size, job_counts
-from db.writes import add_images, create_job
+from db.models import JobState
+from db.reads import find_unfinished_job, job_counts, job_state
+from db.writes import count_images, create_job, delete_job_chunk, insert_images, mark_scanned
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
-from imgbatch.core.settings import Settings
-from producer.feeder import Feeder, Progress
 from producer.scan import resolve_roots, scan
-from worker.app import check_redis, create_app
+from worker.app import check_redis
+
+DEFAULT_SCAN_CHUNK = 2000
 
 
 @dataclass(frozen=True)
@@ -34,11 +40,12 @@ def record_job(
     engine: Engine,
     broker_url: str,
     new: bool = False,
+    scan_chunk: int = DEFAULT_SCAN_CHUNK,
 ) -> Submitted:
-    """Create the job and its image rows in one transaction, or find the unfinished job to resume.
+    """Create the job and scan its directories into it, or continue the unfinished job over the same
+    directories with the same model (re-running a submit whose producer died) unless `new` is set.
 
-    Re-running the same submit after the producer was killed continues that job (same directories,
-    same model, still running) instead of starting a second one, unless `new` is set.
+    The job's model is identified by the sha256 of the file's bytes.
     """
     roots = [str(r) for r in resolve_roots(directories)]
     info = read_model_info(model_path)
@@ -46,30 +53,49 @@ def record_job(
     ensure_schema(engine)
     sessions = session_factory(engine)
     if not new:
-        with sessions.begin() as session:
-            found = find_unfinished_job(session, roots, info.graph_sha256)
-            if found is not None:
-                counts = job_counts(session, found.id)
-                return Submitted(found.id, counts.total, resumed=True, finished=counts.finished)
+        with sessions() as session:
+            found = find_unfinished_job(session, roots, info.sha256)
+            found_id, scanning = (found.id, found.state == JobState.SCANNING) if found else ("", False)
+        if found_id:
+            if scanning:  # the producer died mid-scan: scan again, the names already there are skipped
+                scan_into(sessions, found_id, roots, scan_chunk)
+            with sessions() as session:
+                counts = job_counts(session, found_id)
+            return Submitted(found_id, counts.total, resumed=True, finished=counts.finished)
     job_id = uuid.uuid4().hex
     with sessions.begin() as session:
-        create_job(session, job_id, roots, str(model_path.resolve()), info.graph_sha256, batch_size)
-        total = add_images(session, job_id, scan([Path(r) for r in roots]))
-        if total == 0:
-            # Rolled back with the transaction: an empty job is never recorded.
-            raise UserError(f"no images found in {', '.join(roots)}")
+        create_job(session, job_id, roots, str(model_path.resolve()), info.sha256, batch_size)
+    total = scan_into(sessions, job_id, roots, scan_chunk)
+    if total == 0:
+        while _delete_chunk(sessions, job_id):
+            pass
+        raise UserError(f"no images found in {', '.join(roots)}")
     return Submitted(job_id, total, resumed=False)
 
 
-def feed(
-    settings: Settings,
-    engine: Engine,
-    job_id: str,
-    broker_url: str,
-    wait: bool,
-    on_progress: Progress | None = None,
-) -> None:
-    """Send the job's pending images with back-pressure; with `wait`, until none is pending."""
-    with session_factory(engine)() as session:
-        batch_size = job_batch_size(session, job_id)
-    Feeder(create_app(settings, broker_url), engine, job_id, batch_size).run(wait, on_progress)
+def scan_into(sessions: sessionmaker[Session], job_id: str, roots: list[str], chunk: int) -> int:
+    """Insert the roots' image names into the job, `chunk` rows per transaction (a name already there
+    is skipped), then move it from SCANNING to RUNNING. Stops early if the job was cancelled.
+    Returns how many images the job has."""
+    for names in _chunks(scan([Path(r) for r in roots]), chunk):
+        with sessions() as session:  # a read of its own: the insert's transaction starts with a write
+            if job_state(session, job_id) != JobState.SCANNING:
+                break
+        with sessions.begin() as session:
+            insert_images(session, job_id, names)
+    with sessions.begin() as session:
+        total = count_images(session, job_id)
+        if total:
+            mark_scanned(session, job_id)
+    return total
+
+
+def _delete_chunk(sessions: sessionmaker[Session], job_id: str) -> int:
+    with sessions.begin() as session:
+        return delete_job_chunk(session, job_id)
+
+
+def _chunks(names: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(names)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

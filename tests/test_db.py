@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from db.engine import ensure_schema, make_engine, session_factory
 from db.models import Image, Result
+from db.models import JobState
 from db.reads import NotFound, find_job, iter_image_batches, job_counts
-from db.writes import add_images, create_job, finish_job_if_complete, save_results
+from db.writes import add_images, create_job, finish_job_if_complete, mark_scanned, save_results
 
 
 def _row(job_id: str, image_id: int, status: str = "ok") -> dict:
@@ -44,6 +47,9 @@ def test_redelivered_batch_writes_nothing_twice(sessions) -> None:  # type: igno
     with sessions.begin() as s:
         create_job(s, "job1", ["/x"], "/m.onnx", "a" * 64, 2)
         assert add_images(s, "job1", ["/x/a.jpg", "/x/b.jpg", "/x/c.jpg"]) == 3
+        assert find_job(s, "job1").state == JobState.SCANNING
+        assert not finish_job_if_complete(s, "job1")  # never finished while its scan goes on
+        assert mark_scanned(s, "job1")
     with sessions.begin() as s:
         ids = [i for batch in iter_image_batches(s, "job1", 2) for i, _ in batch]
     assert len(ids) == 3
@@ -88,3 +94,38 @@ def test_job_lookup_by_latest_prefix_and_unknown(sessions) -> None:  # type: ign
         assert find_job(s, "abc").id == "abc123"
         with pytest.raises(NotFound, match="no job"):
             find_job(s, "zzz")
+
+
+def test_the_last_two_batches_committed_at_once_finish_the_job(sessions, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Two workers commit a job's last two batches at the same moment: the job ends done. On
+    PostgreSQL both batches are inserted before either checks for pending images (a barrier), which
+    under READ COMMITTED without the job row lock left the job running with nothing pending."""
+    with sessions.begin() as s:
+        create_job(s, "race", ["/x"], "/m.onnx", "a" * 64, 2)
+        add_images(s, "race", ["/x/a.jpg", "/x/b.jpg"])
+        mark_scanned(s, "race")
+    with sessions() as s:
+        ids = [i for batch in iter_image_batches(s, "race", 2) for i, _ in batch]
+    # SQLite serializes writers (the second waits for the first's commit), so no barrier there.
+    barrier = threading.Barrier(2, timeout=20) if db_url.startswith("postgresql") else None
+    errors: list[BaseException] = []
+
+    def last_batch(image_id: int) -> None:
+        try:
+            with sessions.begin() as s:
+                save_results(s, [_row("race", image_id)])
+                if barrier is not None:
+                    barrier.wait()
+                finish_job_if_complete(s, "race")
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=last_batch, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    with sessions() as s:
+        assert job_counts(s, "race").pending == 0
+        assert find_job(s, "race").state == JobState.DONE

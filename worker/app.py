@@ -11,7 +11,8 @@ import redis
 from celery import Celery
 
 from imgbatch.core.errors import UserError
-from imgbatch.core.settings import Settings, redact_url
+from imgbatch.core.settings import Settings
+from imgbatch.core.urls import check_redis_url, redact_url
 
 TASK_CLASSIFY = "imgbatch.classify_batch"
 # Longer than any batch can take: Redis redelivers an unacknowledged message after this long.
@@ -25,13 +26,15 @@ class ImgbatchCelery(Celery):
     def __init__(self, settings: Settings) -> None:
         super().__init__("imgbatch", set_as_current=False)
         self.settings = settings
+        # "host:pid" of the worker's main process, set by `imgbatch worker` before the pool forks.
+        self.node_id: str | None = None
 
 
 def create_app(settings: Settings, broker_url: str | None = None) -> ImgbatchCelery:
     """The Celery app for `settings`; `broker_url` overrides settings.redis_url (the embedded Redis)."""
     app = ImgbatchCelery(settings)
     app.conf.update(
-        broker_url=broker_url or settings.redis_url or "redis://127.0.0.1:6379/0",
+        broker_url=check_redis_url(broker_url or settings.redis_url or "redis://127.0.0.1:6379/0"),
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         # JSON only: a pickled message is refused, never executed.
@@ -42,9 +45,12 @@ def create_app(settings: Settings, broker_url: str | None = None) -> ImgbatchCel
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=True,
+        # A pool process killed mid-batch (OOM, the hard time limit): the message goes back to the
+        # queue, and the next delivery finds the image that killed it by its decode marker.
         task_reject_on_worker_lost=True,
-        # A failed batch leaves its images pending in the DB; the resume sweep re-enqueues them.
-        task_acks_on_failure_or_timeout=True,
+        # A batch that fails or times out is not acknowledged-and-dropped: the task gives it back
+        # through the ledger itself, and a hard time limit requeues it.
+        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue_name,
         task_routes={TASK_CLASSIFY: {"queue": settings.queue_name}},
@@ -59,6 +65,7 @@ def create_app(settings: Settings, broker_url: str | None = None) -> ImgbatchCel
 
 def check_redis(url: str) -> None:
     """Fail fast with one line if the broker is unreachable, before anything is recorded."""
+    url = check_redis_url(url)
     try:
         redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
     except (redis.exceptions.RedisError, OSError, ValueError) as exc:

@@ -1,16 +1,26 @@
-"""Decode -> preprocess -> one ORT call per batch. Plain code: no Celery, no database."""
+"""Decode -> preprocess -> one ORT call per batch. Plain code: no Celery, no database, no Redis.
+
+Each image is decoded inside a guard the caller supplies (the worker records a marker in Redis
+around it) and under a per-image timer: a read or decode that takes longer than `timeout_s` is
+interrupted (SIGALRM) and becomes that image's error. Whatever one image's decode raises is that
+image's outcome, never the batch's.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imgbatch.core.files import DEFAULT_MAX_FILE_BYTES, TransientFileError, read_image_file
 from imgbatch.core.modelfile import ModelInfo, open_session
-from imgbatch.core.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, load_tensor
+from imgbatch.core.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_tensor
 
 TOP_K = 5
 # Images per onnxruntime call. A task message may carry more paths (fewer Redis round trips, fewer
@@ -19,16 +29,46 @@ TOP_K = 5
 # inference per image is as fast as at batch 32 on this model.
 INFER_BATCH = 8
 
+Guard = Callable[[int], contextlib.AbstractContextManager[None]]
+
+
+class ImageTimeout(BaseException):
+    """Raised by SIGALRM in the middle of a read or decode (BaseException: no `except Exception` in a
+    decoder swallows it)."""
+
 
 @dataclass
 class Prediction:
-    """One image's outcome: top-k on success, or an error reason."""
+    """One image's outcome: top-k on success, an error reason (a property of the file), a transient
+    reason (of its environment: try again later), or `unfinished` (the batch was stopped first)."""
 
     path: str
     decode_ms: float
     infer_ms: float = 0.0
     top: list[tuple[int, str, float]] | None = None
     error: str | None = None
+    transient: str | None = None
+    unfinished: bool = False
+
+
+@contextlib.contextmanager
+def image_timer(seconds: float) -> Iterator[None]:
+    """Interrupt what runs inside after `seconds` with ImageTimeout (in the main thread only)."""
+
+    def expired(_signum: int, _frame: Any) -> None:
+        raise ImageTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _no_guard(_index: int) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 class Classifier:
@@ -40,53 +80,101 @@ class Classifier:
         info: ModelInfo,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         infer_batch: int = INFER_BATCH,
+        max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        timeout_s: float = 60.0,
     ) -> None:
         self.session = session
         self.info = info
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
         self.infer_batch = max(1, infer_batch)
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
 
     @classmethod
     def load(
-        cls, model_path: Path, intra_op_threads: int, max_pixels: int = DEFAULT_MAX_PIXELS
+        cls,
+        model_path: Path,
+        intra_op_threads: int,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        timeout_s: float = 60.0,
     ) -> Classifier:
         session, info = open_session(model_path, intra_op_threads)
-        return cls(session, info, max_pixels)
+        return cls(session, info, max_pixels, max_bytes=max_bytes, timeout_s=timeout_s)
 
-    def classify(self, paths: list[str], reasons: dict[str, str] | None = None) -> list[Prediction]:
+    def decode(self, path: str) -> np.ndarray | Prediction:
+        """The model input of one file, or its outcome when it has none."""
+        start = time.perf_counter()
+        try:
+            with image_timer(self.timeout_s):
+                return decode_tensor(
+                    read_image_file(path, self.max_bytes), self.info.preprocess, self.max_pixels
+                )
+        except ImageDecodeError as exc:
+            return Prediction(path, _ms_since(start), error=str(exc))
+        except ImageTimeout:
+            return Prediction(path, _ms_since(start), error=f"timed out after {self.timeout_s:g} s")
+        except TransientFileError as exc:
+            return Prediction(path, _ms_since(start), transient=f"I/O error: {exc}")
+        except MemoryError:
+            return Prediction(path, _ms_since(start), transient="out of memory while decoding")
+        except RecursionError as exc:
+            return Prediction(path, _ms_since(start), error=f"not a decodable image: {exc}")
+
+    def classify(
+        self,
+        paths: list[str],
+        reasons: dict[str, str] | None = None,
+        guard: Guard = _no_guard,
+        stop_on: tuple[type[BaseException], ...] = (),
+    ) -> list[Prediction]:
         """Classify a batch; `reasons` maps paths already refused (e.g. outside the job) to why.
 
-        Decodes and runs `infer_batch` images at a time; predictions come back in the order of `paths`.
+        Decodes and runs `infer_batch` images at a time; predictions come back in the order of
+        `paths`. An exception of a `stop_on` type (Celery's soft time limit) stops the batch: what
+        was decoded is still classified, the rest comes back `unfinished`.
         """
         reasons = reasons or {}
         preds: list[Prediction] = []
         rows: list[np.ndarray] = []
         ok: list[Prediction] = []
-        for path in paths:
-            start = time.perf_counter()
+        for index, path in enumerate(paths):
             if path in reasons:
                 preds.append(Prediction(path, 0.0, error=reasons[path]))
                 continue
             try:
-                tensor = load_tensor(path, self.info.preprocess, self.max_pixels)
-            except ImageDecodeError as exc:
-                preds.append(Prediction(path, _ms_since(start), error=str(exc)))
+                with guard(index):
+                    outcome = self._decode_guarded(path, stop_on)
+            except stop_on:
+                preds += [Prediction(p, 0.0, unfinished=True) for p in paths[index:]]
+                break
+            if isinstance(outcome, Prediction):
+                preds.append(outcome)
                 continue
-            except MemoryError:
-                preds.append(Prediction(path, _ms_since(start), error="out of memory while decoding"))
-                continue
-            pred = Prediction(path, _ms_since(start))
+            pred = Prediction(path, outcome[1])
             preds.append(pred)
             ok.append(pred)
-            rows.append(tensor)
+            rows.append(outcome[0])
             if len(rows) == self.infer_batch:
                 self._infer(rows, ok)
                 rows, ok = [], []
         if rows:
             self._infer(rows, ok)
         return preds
+
+    def _decode_guarded(
+        self, path: str, stop_on: tuple[type[BaseException], ...]
+    ) -> tuple[np.ndarray, float] | Prediction:
+        start = time.perf_counter()
+        try:
+            outcome = self.decode(path)
+        except stop_on:
+            raise
+        except Exception as exc:  # anything else a decoder raises is this image's error, not the batch's
+            return Prediction(path, _ms_since(start), error=f"{type(exc).__name__}: {exc}")
+        return outcome if isinstance(outcome, Prediction) else (outcome, _ms_since(start))
 
     def _infer(self, rows: list[np.ndarray], preds: list[Prediction]) -> None:
         start = time.perf_counter()
@@ -108,7 +196,7 @@ class Classifier:
         labels = self.info.labels
         for row, cand in zip(scores, idx, strict=True):
             best = cand[np.argsort(-row[cand])]
-            out.append([(int(i), labels[i] if i < len(labels) else str(i), float(row[i])) for i in best])
+            out.append([(int(i), labels[i], float(row[i])) for i in best])
         return out
 
 

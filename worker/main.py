@@ -1,16 +1,22 @@
-"""`imgbatch worker`: start a Celery worker with one pool process per usable core by default."""
+"""`imgbatch worker`: a Celery worker with one pool process per usable core by default, and in its main
+process the dispatcher thread (worker.dispatcher) that any worker may run: no other service is needed
+for every job to finish."""
 
 from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
-from db.engine import ensure_schema, make_engine
+from celery.signals import worker_ready, worker_shutdown
+
+from db.engine import engine_for, ensure_schema
 from imgbatch.core.cpus import usable_cpus
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
 from imgbatch.core.settings import Settings
 from worker.app import check_redis, create_app
+from worker.dispatcher import start_dispatcher, stop_dispatchers
 from worker.tasks import register_tasks
 
 
@@ -27,9 +33,20 @@ def start_worker(settings: Settings, concurrency: int | None, loglevel: str = "I
     if settings.redis_url is None:
         raise UserError("IMGBATCH_REDIS_URL is not set: a worker needs a Redis to read batches from")
     check_redis(settings.redis_url)
-    ensure_schema(make_engine(settings.db_url))
+    engine = engine_for(settings)
+    ensure_schema(engine)
+    engine.dispose()
     app = create_app(settings)
+    app.node_id = f"{socket.gethostname()}:{os.getpid()}"
     register_tasks(app)
+
+    def dispatch(**_: Any) -> None:  # after the pool has forked: the thread lives in this process only
+        start_dispatcher(app, app.node_id or "")
+
+    worker_ready.connect(dispatch, weak=False, dispatch_uid="imgbatch-dispatcher-start")
+    worker_shutdown.connect(
+        lambda **_: stop_dispatchers(), weak=False, dispatch_uid="imgbatch-dispatcher-stop"
+    )
     app.worker_main(
         [
             "worker",

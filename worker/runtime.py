@@ -1,6 +1,6 @@
-"""Per-process resources: the onnxruntime session and the database engine.
+"""Per-process resources: the onnxruntime session, the database engine and the Redis ledger.
 
-Both are created in each pool process after fork (onnxruntime sessions and SQLAlchemy connection
+All are created in each pool process after fork (onnxruntime sessions and SQLAlchemy connection
 pools do not survive a fork), on `worker_process_init`, or lazily on first use in a solo pool.
 """
 
@@ -9,15 +9,26 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, session_factory
-from db.reads import JobSource
+from db.engine import engine_for, session_factory
 from imgbatch.core.cpus import usable_cpus
 from imgbatch.core.settings import Settings
+from worker.app import ImgbatchCelery
 from worker.classify import Classifier
+from worker.ledger import Ledger
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What a worker needs to know of a job: where it may read (resolved, as bytes) and which model."""
+
+    roots: list[bytes]
+    model_path: str
+    model_sha256: str
 
 
 @dataclass
@@ -25,11 +36,14 @@ class WorkerRuntime:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    ledger: Ledger
     classifier: Classifier | None
     classifier_error: str | None
-    name: str
+    name: str  # this pool process: "host:pid", recorded on its result rows
+    node: str  # its worker (the main process): "host:pid", whose heartbeat says it is alive
+    host: str
     # job id -> where it may read and which model it wants; jobs don't change once submitted.
-    jobs: dict[str, JobSource] = field(default_factory=dict)
+    jobs: dict[str, JobInfo] = field(default_factory=dict)
 
 
 _runtime: WorkerRuntime | None = None
@@ -43,31 +57,46 @@ def ort_threads(settings: Settings) -> int:
     return max(1, usable_cpus() // processes)
 
 
-def init_runtime(settings: Settings) -> WorkerRuntime:
+def load_classifier(settings: Settings, model_path: Path | str) -> Classifier:
+    return Classifier.load(
+        Path(model_path),
+        ort_threads(settings),
+        settings.max_pixels,
+        max_bytes=settings.max_file_bytes,
+        timeout_s=settings.image_timeout_s,
+    )
+
+
+def init_runtime(app: ImgbatchCelery) -> WorkerRuntime:
     global _runtime
+    settings = app.settings
     classifier: Classifier | None = None
     error: str | None = None
     try:
-        classifier = Classifier.load(settings.model_path, ort_threads(settings), settings.max_pixels)
-    except Exception as exc:  # recorded per image: the worker stays up and says why
-        error = f"model unavailable on worker: {exc}"
-    engine = make_engine(settings.db_url)
+        classifier = load_classifier(settings, settings.model_path)
+    except Exception as exc:  # the worker stays up, and says why when a job needs the model
+        error = str(exc)
+    engine = engine_for(settings)
+    host = socket.gethostname()
     _runtime = WorkerRuntime(
         settings=settings,
         engine=engine,
         sessions=session_factory(engine),
+        ledger=Ledger.from_url(str(app.conf.broker_url), settings.queue_name),
         classifier=classifier,
         classifier_error=error,
-        name=f"{socket.gethostname()}:{os.getpid()}",
+        name=f"{host}:{os.getpid()}",
+        node=getattr(app, "node_id", None) or f"{host}:{os.getppid()}",
+        host=host,
     )
     return _runtime
 
 
-def runtime(settings: Settings) -> WorkerRuntime:
+def runtime(app: ImgbatchCelery) -> WorkerRuntime:
     """This process's runtime; made on first use after a fork (the parent's is never reused)."""
     if _runtime is not None and _runtime.name.endswith(f":{os.getpid()}"):
         return _runtime
-    return init_runtime(settings)
+    return init_runtime(app)
 
 
 def close_runtime() -> None:

@@ -116,20 +116,22 @@ def run_pipeline(
 ) -> PipelineRun:
     """Start ``workers`` pool processes, warm them up on a small job, then time a job over ``directory``."""
     from producer.embedded import worker_processes
-    from producer.submit import feed, record_job
+    from producer.submit import record_job
+    from producer.watch import Watcher
 
     log = bench.work / "logs" / f"workers-{label}-{workers}x{batch_size}-{time.time_ns()}.log"
     with worker_processes(workers, bench.env(model), log) as proc:
         _wait_ready(proc, log)
+        watcher = Watcher(bench.settings, bench.engine, bench.broker_url)
         warm = record_job([warmup], model, batch_size, bench.engine, bench.broker_url, new=True)
-        feed(bench.settings, bench.engine, warm.job_id, bench.broker_url, wait=True)
+        watcher.watch(warm.job_id)
         submitted = record_job([directory], model, batch_size, bench.engine, bench.broker_url, new=True)
 
         def alive(_finished: int, _total: int) -> None:
             if proc.poll() is not None:
                 raise UserError(f"bench workers exited with code {proc.returncode} (log: {log})")
 
-        feed(bench.settings, bench.engine, submitted.job_id, bench.broker_url, wait=True, on_progress=alive)
+        watcher.watch(submitted.job_id, on_progress=alive)
         rss = pool_peak_rss_mb(proc.pid)
     return job_run(bench.engine, submitted.job_id, label, workers, batch_size, rss)
 

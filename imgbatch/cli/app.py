@@ -56,6 +56,9 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "submit": run.submit,
     "resume": run.resume,
     "worker": run.worker,
+    "cancel": run.cancel,
+    "retry": run.retry,
+    "delete": run.delete,
     "status": jobs.status,
     "jobs": jobs.jobs,
     "results": jobs.results,
@@ -77,17 +80,26 @@ def main() -> None:
     Typer's standalone mode handles usage errors itself (exit 2); our own errors, unknown jobs and
     unavailable databases are turned into one line here.
     """
+    from pydantic import ValidationError
     from sqlalchemy.exc import OperationalError as DatabaseError
 
     from db.reads import NotFound
+    from imgbatch.core.names import shown
 
     command = typer.main.get_command(app)
     try:
         command.main(prog_name="imgbatch", standalone_mode=True)
     except (UserError, NotFound) as exc:
-        print(f"imgbatch: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(shown(exc.args[0] if exc.args else exc))
     except DatabaseError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else "unknown error"
-        print(f"imgbatch: error: database unavailable: {first}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"database unavailable: {shown(first)}")
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        name = "IMGBATCH_" + str(problem["loc"][0]).upper() if problem["loc"] else "a setting"
+        _fail(f"invalid {name}: {shown(problem['msg'])}")
+
+
+def _fail(line: str) -> None:
+    print(f"imgbatch: error: {line}", file=sys.stderr)
+    sys.exit(2)

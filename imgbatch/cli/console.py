@@ -12,7 +12,7 @@ from imgbatch.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import Session, sessionmaker
 
 # Piped output is read by people too (and by grep): don't squeeze tables to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -38,14 +38,19 @@ def progress_bar() -> Progress:
 
 def engine(config: Settings | None = None) -> Engine:
     """An engine on the configured database, migrated to the newest schema."""
-    from db.engine import ensure_schema, make_engine
+    from db.engine import engine_for, ensure_schema
 
-    made = make_engine((config or settings()).db_url)
+    made = engine_for(config or settings())
     ensure_schema(made)
     return made
 
 
-def session(config: Settings | None = None) -> Session:
+def sessions(config: Settings | None = None) -> sessionmaker[Session]:
+    """Sessions on the configured database, for commands that commit a chunk per transaction."""
     from db.engine import session_factory
 
-    return session_factory(engine(config))()
+    return session_factory(engine(config))
+
+
+def session(config: Settings | None = None) -> Session:
+    return sessions(config)()

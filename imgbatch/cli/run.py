@@ -9,15 +9,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.text import Text
 
-from imgbatch.cli.console import console, err_console, progress_bar, session, settings
+from imgbatch.cli.console import console, err_console, progress_bar, session, sessions, settings
 from imgbatch.cli.params import BatchOpt, JobArg, ModelOpt, NewFlag, WaitFlag
 from imgbatch.core.errors import UserError
+from imgbatch.core.names import shown
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from imgbatch.core.settings import Settings
     from producer.submit import Submitted
+    from worker.ledger import Ledger
 
 # More images than this and `run` prints a summary only, not every row.
 PRINT_ROWS_UP_TO = 50
@@ -66,6 +68,9 @@ def run(
     def on_progress(finished: int, total: int) -> None:
         bar.update(task, completed=finished, total=total)
 
+    def on_notice(text: str) -> None:
+        err_console.print(Text(shown(text)))
+
     try:
         outcome = run_embedded(
             config,
@@ -76,6 +81,7 @@ def run(
             new=new,
             on_submitted=on_submitted,
             on_progress=on_progress,
+            on_notice=on_notice,
         )
     except KeyboardInterrupt:
         bar.stop()
@@ -94,7 +100,7 @@ def _sample_dir(config: Settings) -> Path:
 
     sample_dir = config.data_dir / "samples"
     write_photos(sample_dir)
-    console.print(Text(f"No directory given: classifying the bundled sample photos in {sample_dir}"))
+    console.print(Text(f"No directory given: classifying the bundled sample photos in {shown(sample_dir)}"))
     return sample_dir
 
 
@@ -109,37 +115,44 @@ def submit(
 ) -> None:
     """Record a job for the workers at IMGBATCH_REDIS_URL.
 
-    Prints the job id as the last line of stdout. Keeps a bounded number of batches in Redis, so it
-    returns once every batch is queued (with --wait, once every image is done). Re-running it after a
-    crash continues the unfinished job.
+    Scans the directories into the database, a chunk at a time, and prints the job id as the last
+    line of stdout. The workers send, recover and finish the job on their own: nobody needs to
+    wait. With --wait it shows progress until the job is done. Re-running it after a crash
+    continues the unfinished job.
 
     Example: imgbatch submit /data/photos --wait
     """
-    from db.engine import make_engine
+    from db.engine import engine_for
     from producer.submit import record_job
 
     config = settings()
     broker_url = _require_redis(config, "submit")
-    engine = make_engine(config.db_url)  # record_job checks Redis and migrates the schema itself
+    engine = engine_for(config)  # record_job checks Redis and migrates the schema itself
     model_path = model or config.model_path
     submitted = record_job(
-        list(directories), model_path, batch_size or config.batch_size, engine, broker_url, new=new
+        list(directories),
+        model_path,
+        batch_size or config.batch_size,
+        engine,
+        broker_url,
+        new=new,
+        scan_chunk=config.scan_chunk,
     )
     verb = "resuming unfinished job" if submitted.resumed else "recorded job"
-    err_console.print(f"{verb} {submitted.job_id} with {submitted.images} images")
-    _feed(config, engine, broker_url, submitted.job_id, wait, submitted.finished)
+    err_console.print(f"{verb} {submitted.job_id} with {submitted.images} images", markup=False)
+    if wait:
+        _watch(config, engine, broker_url, submitted.job_id, submitted.finished)
     print(submitted.job_id)
 
 
 def resume(job: JobArg = "latest", wait: WaitFlag = False) -> None:
-    """Send a job's pending images again.
+    """Ask the workers to send a job's pending images again from the start.
 
-    For instance after Redis restarted empty.
+    They do it on their own when nothing of a job is in flight; this only makes it happen now.
 
     Example: imgbatch resume latest --wait
     """
-    from sqlalchemy.orm import Session
-
+    from db.engine import session_factory
     from db.reads import find_job, job_counts
     from imgbatch.cli.console import engine
     from worker.app import check_redis
@@ -148,39 +161,157 @@ def resume(job: JobArg = "latest", wait: WaitFlag = False) -> None:
     broker_url = _require_redis(config, "resume")
     check_redis(broker_url)
     migrated = engine(config)
-    with Session(migrated) as s:
-        job_id = find_job(s, job).id
+    with session_factory(migrated)() as s:
+        found = find_job(s, job)
+        job_id, state = found.id, found.state
         finished = job_counts(s, job_id).finished
-    _feed(config, migrated, broker_url, job_id, wait, finished)
+    _ledger(config, broker_url).reset_cursor(job_id)
+    err_console.print(f"job {job_id}: {state}; pending images will be sent again", markup=False)
+    if wait:
+        _watch(config, migrated, broker_url, job_id, finished)
     print(job_id)
+
+
+def cancel(job: JobArg) -> None:
+    """Cancel a job: its pending images are no longer sent.
+
+    Batches already on their way finish; the job's state becomes cancelled for good: submit the
+    directories again (with --new) for a new job.
+
+    Example: imgbatch cancel 3f2a
+    """
+    from db.reads import find_job
+    from db.writes import cancel_job
+
+    config = settings()
+    made = sessions(config)
+    with made() as s:
+        job_id = find_job(s, job).id
+    with made.begin() as s:
+        cancelled = cancel_job(s, job_id)
+    if not cancelled:
+        raise UserError(f"job {job_id} is not scanning or running: nothing to cancel")
+    if config.redis_url:
+        _forget(config, config.redis_url, job_id)
+    print(job_id)
+
+
+def delete(job: JobArg) -> None:
+    """Delete a job with its images and results.
+
+    Rows go a chunk per transaction, so other jobs' workers are never held up; the job's keys in
+    Redis go too. A running job is cancelled first.
+
+    Example: imgbatch delete 3f2a
+    """
+    from db.reads import find_job
+    from db.writes import cancel_job, delete_job_chunk
+
+    config = settings()
+    made = sessions(config)
+    with made() as s:
+        job_id = find_job(s, job).id
+    with made.begin() as s:
+        cancel_job(s, job_id)
+    deleted = 0
+    while True:
+        with made.begin() as s:
+            n = delete_job_chunk(s, job_id)
+        if not n:
+            break
+        deleted += n
+    if config.redis_url:
+        _forget(config, config.redis_url, job_id)
+    err_console.print(f"deleted job {job_id} and its {deleted} images", markup=False)
+
+
+def retry(
+    job: JobArg,
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", metavar="TEXT", help="Only error rows whose error starts with TEXT."),
+    ] = None,
+    wait: WaitFlag = False,
+) -> None:
+    """Classify a job's failed images again.
+
+    Their error rows are deleted and they become pending (a chunk per transaction); the job goes
+    back to running and the workers pick them up. Each image still ends with exactly one row.
+
+    Example: imgbatch retry latest --reason "transient failure"
+    """
+    from db.engine import session_factory
+    from db.models import JobState
+    from db.reads import error_image_ids, find_job, job_counts
+    from db.writes import retry_chunk
+    from imgbatch.cli.console import engine
+
+    config = settings()
+    broker_url = _require_redis(config, "retry")
+    migrated = engine(config)
+    made = session_factory(migrated)
+    with made() as s:
+        found = find_job(s, job)
+        job_id = found.id
+        if found.state == JobState.CANCELLED:
+            raise UserError(f"job {job_id} is cancelled: submit its directories again for a new job")
+        if not error_image_ids(s, job_id, reason, 0, 1):
+            starting = f" whose error starts with {reason!r}" if reason else ""
+            raise UserError(f"job {job_id} has no error rows{starting}")
+    after, retried = 0, 0
+    while True:
+        with made.begin() as s:
+            after, n = retry_chunk(s, job_id, reason, after)
+        if not n:
+            break
+        retried += n
+    with made() as s:
+        finished = job_counts(s, job_id).finished
+    ledger = _ledger(config, broker_url)
+    ledger.reset_counts(job_id)
+    ledger.reset_cursor(job_id)
+    err_console.print(f"job {job_id}: {retried} images pending again", markup=False)
+    if wait:
+        _watch(config, migrated, broker_url, job_id, finished)
+    print(job_id)
+
+
+def _ledger(config: Settings, broker_url: str) -> Ledger:
+    from worker.ledger import Ledger
+
+    return Ledger.from_url(broker_url, config.queue_name)
+
+
+def _forget(config: Settings, broker_url: str, job_id: str) -> None:
+    import contextlib
+
+    import redis
+
+    # Stale keys of a job that is not active are never read by the dispatcher anyway.
+    with contextlib.suppress(redis.exceptions.RedisError, OSError):
+        _ledger(config, broker_url).forget_job(job_id)
 
 
 def _require_redis(config: Settings, command: str) -> str:
     """The configured broker URL; `submit` and `resume` have no embedded Redis to fall back on."""
     if config.redis_url is None:
         raise UserError(
-            f"IMGBATCH_REDIS_URL is not set: `{command}` feeds running workers "
+            f"IMGBATCH_REDIS_URL is not set: `{command}` works with running workers "
             "(use `imgbatch run` for the embedded mode)"
         )
     return config.redis_url
 
 
-def _feed(config: Settings, engine: Engine, broker_url: str, job_id: str, wait: bool, finished: int) -> None:
-    from producer.submit import feed
+def _watch(config: Settings, engine: Engine, broker_url: str, job_id: str, finished: int) -> None:
+    from producer.watch import Watcher
 
     start = time.monotonic()
-    if not wait:
-        feed(config, engine, job_id, broker_url, wait=False)
-        return
     with progress_bar() as bar:
         task = bar.add_task(f"job {job_id[:8]}", total=None)
-        feed(
-            config,
-            engine,
+        Watcher(config, engine, broker_url).watch(
             job_id,
-            broker_url,
-            wait=True,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            on_notice=lambda text: bar.console.print(Text(shown(text))),
         )
     print_summary(job_id, time.monotonic() - start, since_finished=finished, show_rows=False)
 
@@ -227,7 +358,7 @@ def samples(
     from imgbatch.core.samples import make_variants, write_photos
 
     paths = make_variants(directory, count, seed, max_side=max_side) if count else write_photos(directory)
-    console.print(Text(f"wrote {len(paths)} photos to {directory}"))
+    console.print(Text(f"wrote {len(paths)} photos to {shown(directory)}"))
 
 
 def print_summary(job_id: str, seconds: float, since_finished: int = 0, show_rows: bool = True) -> None:
@@ -239,7 +370,7 @@ def print_summary(job_id: str, seconds: float, since_finished: int = 0, show_row
         counts = job_counts(s, job_id)
         if show_rows and counts.total <= PRINT_ROWS_UP_TO:
             roots = find_job(s, job_id).roots
-            print_table(result_dicts(s, job_id), roots[0] if len(roots) == 1 else None)
+            print_table(result_dicts(s, job_id), str(roots[0]) if len(roots) == 1 else None)
         labels = label_histogram(s, job_id, limit=5)
     classified = max(0, counts.finished - since_finished)
     rate = classified / seconds if seconds > 0 else 0.0
@@ -251,4 +382,4 @@ def print_summary(job_id: str, seconds: float, since_finished: int = 0, show_row
         highlight=False,
     )
     if labels:
-        console.print(Text("top labels: " + ", ".join(f"{c.label} ({c.count})" for c in labels)))
+        console.print(Text("top labels: " + ", ".join(f"{shown(c.label)} ({c.count})" for c in labels)))

@@ -6,8 +6,9 @@ so a worker needs nothing but the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ class ModelInfo:
     preprocess: PreprocessSpec
     input_size: tuple[int, int, int]
     output: str
-    graph_sha256: str
+    graph_sha256: str  # as the metadata claims it (export's record); never trusted for identity
+    sha256: str = ""  # of the file's bytes, computed at load: what jobs ask for and results record
     arch: str = "unknown"
     quantization: str = "none"
     extra: dict[str, str] = field(default_factory=dict)
@@ -135,13 +137,17 @@ DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
 
 def inference_session(
-    path: Path, intra_op_threads: int = 1, exact_int8: bool = False, optimized_model_path: Path | None = None
+    path: Path | bytes,
+    intra_op_threads: int = 1,
+    exact_int8: bool = False,
+    optimized_model_path: Path | None = None,
 ) -> Any:
-    """An onnxruntime CPU session as workers run it; export and bench measure with the same one."""
+    """An onnxruntime CPU session as workers run it (from a file or its bytes); export and bench
+    measure with the same one."""
     import onnxruntime as ort
 
     return ort.InferenceSession(
-        str(path),
+        path if isinstance(path, bytes) else str(path),
         sess_options=session_options(intra_op_threads, exact_int8, optimized_model_path),
         providers=["CPUExecutionProvider"],
         disabled_optimizers=list(DISABLED_OPTIMIZERS),
@@ -164,9 +170,15 @@ def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]
             f"model file not found: {path} (build it with `imgbatch export`, or set IMGBATCH_MODEL)"
         )
 
+    try:
+        # Read once: the session is made from exactly the bytes that are hashed (no swap in between).
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+
     def load(exact: bool) -> Any:
         try:
-            return inference_session(path, intra_op_threads, exact)
+            return inference_session(data, intra_op_threads, exact)
         except Exception as exc:  # ORT raises its own exception types for malformed files
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"cannot load model {path}: {first_line}") from exc
@@ -183,7 +195,25 @@ def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise ModelFileError(f"{path}: expected one NCHW image input, got {[i.shape for i in inputs]}")
-    return session, info
+    _check_outputs(session, info)
+    # The identity of what runs is the file's bytes, not what its metadata says (a foreign graph can
+    # carry copied metadata).
+    return session, replace(info, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _check_outputs(session: Any, info: ModelInfo) -> None:
+    """The model's class count (its output's last dimension) must equal the labels it carries."""
+    shape = session.get_outputs()[0].shape
+    classes = shape[-1] if shape else None
+    if not isinstance(classes, int):
+        import numpy as np
+
+        probe = np.zeros((1, *info.input_size), dtype=np.float32)
+        classes = int(session.run(None, {session.get_inputs()[0].name: probe})[0].shape[-1])
+    if classes != len(info.labels):
+        raise ModelFileError(
+            f"{info.path}: the model has {classes} outputs but {len(info.labels)} labels in its metadata"
+        )
 
 
 def read_model_info(path: Path) -> ModelInfo:

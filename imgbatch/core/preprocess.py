@@ -17,16 +17,17 @@ normalize. Which decoder ran is an implementation choice, not a model property, 
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
-import os
-import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from imgbatch.core.files import DEFAULT_MAX_FILE_BYTES, ImageDecodeError, read_image_file
 
 try:  # the fast JPEG path; without these two wheels every file goes through Pillow
     import cv2
@@ -47,8 +48,7 @@ FAST_JPEG = HAVE_FAST_JPEG
 DEFAULT_MAX_PIXELS = 80_000_000
 
 
-class ImageDecodeError(Exception):
-    """This file cannot become model input; the message is the reason stored with the image."""
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "ImageDecodeError", "PreprocessSpec", "load_tensor", "open_image"]
 
 
 @dataclass(frozen=True)
@@ -94,22 +94,6 @@ _INTERPOLATION = {
 }
 
 
-def _check_file(path: str | Path) -> None:
-    """Refuse what is not a non-empty regular file, with the reason stored for the image."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError as exc:
-        raise ImageDecodeError("file not found") from exc
-    except PermissionError as exc:
-        raise ImageDecodeError("permission denied") from exc
-    except OSError as exc:
-        raise ImageDecodeError(f"not a decodable image: {exc}") from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageDecodeError("not a regular file")  # a FIFO or device would block the worker
-    if st.st_size == 0:
-        raise ImageDecodeError("empty file")
-
-
 def draft_factor(width: int, height: int, spec: PreprocessSpec) -> int:
     """The JPEG DCT scaling (1, 2, 4 or 8) both decoders use: the largest that keeps the shorter side
     at least ``resize``, and only for images more than twice as large as needed (Pillow's ``draft``)."""
@@ -121,18 +105,23 @@ def draft_factor(width: int, height: int, spec: PreprocessSpec) -> int:
     return next(f for f in (8, 4, 2, 1) if fits >= f)
 
 
-def open_image(path: str | Path, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    path: str | Path,
+    spec: PreprocessSpec,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> Image.Image:
     """Decode a file into an upright RGB image no smaller than the spec needs (the Pillow decoder).
 
     Raises ImageDecodeError with a short reason for anything that is not a usable image.
     """
-    _check_file(path)
+    return decode_image(read_image_file(path, max_bytes), spec, max_pixels)
+
+
+def decode_image(data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """`open_image` of a file already read into memory."""
     try:
-        img = Image.open(path)
-    except FileNotFoundError as exc:
-        raise ImageDecodeError("file not found") from exc
-    except PermissionError as exc:
-        raise ImageDecodeError("permission denied") from exc
+        img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"too many pixels: {exc}") from exc
     except OSError as exc:
@@ -215,13 +204,23 @@ def _norm_constants(
     return scale.reshape(3, 1, 1), bias.reshape(3, 1, 1)
 
 
-def load_tensor(path: str | Path, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_tensor(
+    path: str | Path,
+    spec: PreprocessSpec,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> np.ndarray:
     """File -> model input row. The single path used by calibration, validation and workers."""
+    return decode_tensor(read_image_file(path, max_bytes), spec, max_pixels)
+
+
+def decode_tensor(data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """File contents -> model input row: the fast JPEG path when it is sure, else Pillow."""
     if FAST_JPEG:
-        tensor = _load_jpeg_fast(path, spec, max_pixels)
+        tensor = _decode_jpeg_fast(data, spec, max_pixels)
         if tensor is not None:
             return tensor
-    return load_tensor_pillow(path, spec, max_pixels)
+    return to_tensor(decode_image(data, spec, max_pixels), spec)
 
 
 def load_tensor_pillow(
@@ -237,19 +236,17 @@ _CV2_INTERPOLATION = {"bilinear": 1, "bicubic": 2, "nearest": 0}  # cv2.INTER_LI
 
 
 def _load_jpeg_fast(path: str | Path, spec: PreprocessSpec, max_pixels: int) -> np.ndarray | None:
+    """`_decode_jpeg_fast` of a file (tests and the bench compare the two decoders with it)."""
+    return _decode_jpeg_fast(read_image_file(path), spec, max_pixels)
+
+
+def _decode_jpeg_fast(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray | None:
     """The tensor of a plain YCbCr/RGB JPEG via libjpeg-turbo + OpenCV, or None: use Pillow.
 
     Returns None for anything unusual (not a JPEG, grayscale/CMYK, over the pixel limit, damaged,
     an EXIF block it cannot read), so that Pillow decides and the error reasons stay the same.
     """
-    _check_file(path)
-    try:
-        with open(path, "rb") as fh:
-            if fh.read(2) != _JPEG_SOI:
-                return None
-            fh.seek(0)
-            data = fh.read()
-    except OSError:
+    if data[:2] != _JPEG_SOI:
         return None
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imgbatch.core.files import DEFAULT_MAX_FILE_BYTES
 
 DEFAULT_MODEL_NAME = "efficientnet_lite0.int8.onnx"
 
@@ -35,11 +36,34 @@ class Settings(BaseSettings):
     # +10 % images/s); the model still runs at most 8 images per call, so memory does not grow.
     batch_size: int = Field(default=32, ge=1, le=1024)
     queue_name: str = "imgbatch"
-    # Back-pressure: the producer keeps at most this many batch messages waiting in Redis.
+    # Back-pressure: the dispatcher keeps at most this many batch messages waiting in Redis.
     max_in_flight: int = Field(default=64, ge=1)
-    # No image finished for this long while the queue is empty: the batches were lost (Redis
-    # restarted empty, or a whole worker was killed with messages in hand), so re-enqueue.
-    stall_seconds: float = Field(default=60.0, gt=0)
+    # A batch sent but started by no worker for this long while the queue is empty was lost on the
+    # way (taken by a worker that died before starting it): the dispatcher sends it again.
+    stall_seconds: float = Field(default=30.0, gt=0)
+    # The dispatcher (one worker at a time holds its lease) reconciles the database with Redis this often.
+    dispatch_interval_s: float = Field(default=0.5, gt=0)
+    # A worker whose heartbeat is older than this is dead: its batches are sent again.
+    heartbeat_ttl_s: float = Field(default=10.0, gt=0)
+    # Another worker takes the dispatcher over at most this long after its holder died.
+    lease_ttl_s: float = Field(default=10.0, gt=0)
+    # Reading and decoding one image longer than this makes it an error row ("timed out after N s").
+    image_timeout_s: float = Field(default=60.0, gt=0)
+    # Celery's time limits of one batch message: the soft one stops the batch (what is done is
+    # kept, the rest is sent again); the hard one kills the pool process, the backstop for a read
+    # that no signal can interrupt (a dead network mount).
+    task_soft_time_limit_s: float = Field(default=300.0, gt=0)
+    task_time_limit_s: float = Field(default=360.0, gt=0)
+    # A file whose decoding killed the pool process this many times becomes an error row.
+    max_decode_kills: int = Field(default=3, ge=1)
+    # Failures of the environment (I/O error of the mount, directory missing on a host, out of
+    # memory) are retried this many times per image, with backoff, before the image gets an error row.
+    max_attempts: int = Field(default=5, ge=1)
+    retry_backoff_s: float = Field(default=2.0, ge=0)
+    # How long a worker retries the database through an outage before giving the batch back.
+    db_retry_s: float = Field(default=60.0, ge=0)
+    # Image rows per transaction while a submit scans (SQLite's write lock is held that long).
+    scan_chunk: int = Field(default=2000, ge=1, le=10_000)
     # Worker tuning; 0 means derive from the CPUs this process may use.
     worker_concurrency: int = Field(default=0, ge=0)
     ort_threads: int = Field(default=0, ge=0)
@@ -47,6 +71,8 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # Images with more pixels are refused before decoding (decompression bombs).
     max_pixels: int = Field(default=80_000_000, ge=1)
+    # Files larger than this are refused from stat, before any read (see imgbatch.core.files).
+    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
 
     @field_validator("data_dir", "model", mode="before")
     @classmethod
@@ -65,13 +91,3 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
