@@ -9,8 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from db.engine import ensure_schema, make_engine, session_factory
-from db.models import Image, Result
-from db.models import JobState
+from db.models import Image, JobState, Result
 from db.reads import NotFound, find_job, iter_image_batches, job_counts
 from db.writes import add_images, create_job, finish_job_if_complete, mark_scanned, save_results
 

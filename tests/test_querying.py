@@ -15,7 +15,7 @@ from sqlalchemy import text
 from conftest import assert_one_line_error, imgbatch_env, run_cli
 from db.engine import ensure_schema, make_engine, session_factory
 from db.reads import ResultFilter, iter_image_batches, results_query
-from db.writes import add_images, create_job, finish_job_if_complete, save_results
+from db.writes import add_images, create_job, finish_job_if_complete, mark_scanned, save_results
 
 LABELS = ["tabby", "espresso", "missile", "moped"]
 
@@ -28,6 +28,7 @@ def _fill(db_url: str, job_id: str, n: int, flip_every: int = 0, root: str = "/p
     with sessions.begin() as s:
         create_job(s, job_id, [root], "/m.onnx", "a" * 64, 64)
         add_images(s, job_id, (f"{root}/{'sub/' if i % 3 == 0 else ''}img_{i:06d}.jpg" for i in range(n)))
+        mark_scanned(s, job_id)
     with sessions.begin() as s:
         rows = []
         for batch in iter_image_batches(s, job_id, 5000):

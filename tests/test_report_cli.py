@@ -7,6 +7,7 @@ import io
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -129,13 +130,18 @@ def test_thumbnails_follow_exif_orientation_like_the_workers(tmp_path: Path) -> 
     Image.new("RGB", (300, 150), (200, 30, 30)).save(path, exif=exif)
     worker_view = open_image(path, PreprocessSpec())
     assert worker_view.size == (150, 300)
-    thumb = make_thumb(str(path))
+    roots = [os.fsencode(tmp_path.resolve())]
+    thumb = make_thumb(str(path), roots)
     assert thumb.uri is not None
     decoded = Image.open(io.BytesIO(base64.b64decode(thumb.uri.split(",", 1)[1])))
     assert decoded.size == (64, 128)
-    assert make_thumb(str(tmp_path / "nope.jpg")).missing
+    assert make_thumb(str(tmp_path / "nope.jpg"), roots).missing
     (tmp_path / "empty.jpg").write_bytes(b"")
-    assert make_thumb(str(tmp_path / "empty.jpg")).problem == "empty file"
+    assert make_thumb(str(tmp_path / "empty.jpg"), roots).problem == "empty file"
+    # Only from inside the job's directories: a path the database names elsewhere is not opened.
+    other = tmp_path / "job"
+    other.mkdir()
+    assert make_thumb(str(path), [os.fsencode(other.resolve())]).problem == "outside the job's directories"
 
 
 def test_a_big_job_embeds_a_bounded_sample(tmp_path: Path, photo_dir: Path) -> None:
@@ -144,9 +150,10 @@ def test_a_big_job_embeds_a_bounded_sample(tmp_path: Path, photo_dir: Path) -> N
     root = tmp_path / "big"
     root.mkdir()
     paths = [str(root / f"{i:05d}.jpg") for i in range(3000)]
-    # Every path points at a real photo through a symlink, so thumbnails are really decoded.
+    # Every path is a hard link to a real photo, so thumbnails are really decoded (a symlink out of
+    # the job's directory would be refused, as a worker refuses it).
     for i, p in enumerate(paths):
-        Path(p).symlink_to(photos[i % len(photos)])
+        os.link(photos[i % len(photos)], p)
     _synthetic_job(
         db_url, "big" + "0" * 29, root, paths, lambda i, _p: (f"label {i % 300:03d}", (i % 97) / 97)
     )
@@ -196,3 +203,21 @@ def test_output_that_cannot_be_written(small_job: Path, env: dict[str, str], tmp
     assert_one_line_error(
         run_cli(["report", "job1", "-o", str(a_file / "r.html")], env), "cannot write report"
     )
+
+
+def test_output_that_is_not_a_regular_file_is_refused(small_job: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """As root a report once replaced a device file and a FIFO: anything but a regular file is refused,
+    and `-o -` is stdout, not a file named `-`."""
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/null"), tmp_path):
+        assert_one_line_error(run_cli(["report", "job1", "-o", str(target)], env), "refusing to write report")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and stat.S_ISCHR(Path("/dev/null").lstat().st_mode)
+    out = run_cli(["report", "job1", "-o", "-"], env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("<!DOCTYPE html>") and not (tmp_path / "-").exists()
+    existing = tmp_path / "old.html"
+    existing.write_text("old")
+    assert run_cli(["report", "job1", "-o", str(existing)], env).returncode == 0
+    assert existing.read_text().startswith("<!DOCTYPE html>")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

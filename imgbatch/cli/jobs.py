@@ -14,6 +14,7 @@ from rich.text import Text
 from imgbatch.cli.console import console, progress_bar, session
 from imgbatch.cli.params import JobArg, JsonFlag
 from imgbatch.core.errors import UserError
+from imgbatch.core.names import shown
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -117,7 +118,7 @@ def jobs(
             *(str(n) for n in (m.total, m.ok, m.error, m.pending)),
             "" if rate is None else f"{rate:.1f}",
             m.model_sha256[:12],
-            Text(", ".join(m.roots)),
+            Text(shown(", ".join(m.roots))),
         )
     console.print(table)
 
@@ -273,10 +274,10 @@ def compare(
             table.add_column(name)
         for c in listed:
             table.add_row(
-                Text(c.path),
-                Text(c.label_a or c.status_a),
+                Text(shown(c.path)),
+                Text(shown(c.label_a or c.status_a)),
                 _score(c.score_a),
-                Text(c.label_b or c.status_b),
+                Text(shown(c.label_b or c.status_b)),
                 _score(c.score_b),
             )
         console.print(table)

@@ -18,7 +18,11 @@ def report(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", metavar="FILE", help="HTML file to write (default: report-<job id>.html here)."
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="HTML file to write, `-` for stdout (default: report-<job id>.html here). An existing "
+            "path that is not a regular file is refused.",
         ),
     ] = None,
     compare: Annotated[
@@ -51,8 +55,9 @@ def report(
         check_writable(target)
         html = build_report(s, job_id, other, ReportOptions(per_label=per_label))
     write_report(html, target)
-    size_kb = target.stat().st_size / 1024
+    size_kb = len(html.encode()) / 1024
+    where = "stdout" if target == Path("-") else str(target)
     print(
-        f"report of job {job_id} written to {target} ({size_kb:,.0f} KiB, {time.monotonic() - start:.1f} s)",
+        f"report of job {job_id} written to {where} ({size_kb:,.0f} KiB, {time.monotonic() - start:.1f} s)",
         file=sys.stderr,
     )

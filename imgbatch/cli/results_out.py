@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from db.models import ImageStatus
 from db.reads import ResultFilter, iter_results
 from imgbatch.cli.console import console
+from imgbatch.core.names import shown
 
 FIELDS = [
     "path",
@@ -82,19 +83,20 @@ def write_json(rows: Iterator[dict[str, Any]], out: TextIO = sys.stdout) -> None
 def print_table(rows: Iterable[dict[str, Any]], root: str | None = None) -> None:
     """A table of results; paths relative to `root` when the job has a single directory.
 
-    File names and errors go in as plain Text: a name like `x[/b].jpg` is shown, never read as markup.
+    File names, labels and errors go in as plain Text with control characters escaped: a name like
+    `x[/b].jpg` is shown, never read as markup, and an ESC in a name never reaches the terminal.
     """
-    table = Table(show_lines=False, title=Text(root) if root else None)
+    table = Table(show_lines=False, title=Text(shown(root)) if root else None)
     table.add_column("path", no_wrap=True)
     for name in ("status", "label", "score", "error", "decode ms", "infer ms"):
         table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(
-            Text(os.path.relpath(row["path"], root) if root else row["path"]),
+            Text(shown(os.path.relpath(row["path"], root) if root else row["path"])),
             str(row["status"]),
-            Text(row["label"] or ""),
+            Text(shown(row["label"] or "")),
             "" if row["score"] is None else f"{row['score']:.3f}",
-            Text(row["error"] or ""),
+            Text(shown(row["error"] or "")),
             "" if row["decode_ms"] is None else f"{row['decode_ms']:.1f}",
             "" if row["infer_ms"] is None else f"{row['infer_ms']:.1f}",
         )

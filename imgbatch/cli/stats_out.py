@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.orm import Session
 
 from db.models import ImageStatus
@@ -19,6 +20,7 @@ from db.reads import (
     stage_samples,
     throughput_by_worker,
 )
+from imgbatch.core.names import shown
 
 QUANTILES = (50, 95, 99)
 
@@ -63,7 +65,8 @@ def print_stats(console: Console, data: dict[str, Any]) -> None:
     speed = f", {rate:.1f} images/s" if rate else ""
     console.print(
         f"job {data['job_id']} ({data['state']}): {data['images']} images, {data['ok']} ok, "
-        f"{data['error']} errors, {data['pending']} pending; {data['seconds']:.1f} s{speed}"
+        f"{data['error']} errors, {data['pending']} pending; {data['seconds']:.1f} s{speed}",
+        markup=False,
     )
     stages = Table(title="per-image latency by stage (ms, ok images)")
     stages.add_column("stage")
@@ -80,15 +83,19 @@ def print_stats(console: Console, data: dict[str, Any]) -> None:
     workers.add_column("worker")
     workers.add_column("images", justify="right")
     for worker, n in data["workers"].items():
-        workers.add_row(worker, str(n))
+        workers.add_row(Text(shown(worker)), str(n))
     console.print(workers)
     over = data["images_per_second_over_time"]
     if over["total"]:
         line = "  ".join(f"{t:.0f}s:{r:.0f}" for t, r in zip(over["starts_s"], over["total"], strict=True))
-        console.print(f"images/s over time (from submission, {over['bucket_seconds']:.1f} s buckets): {line}")
-    if data["errors"]:
         console.print(
-            "errors by reason: " + ", ".join(f"{reason} ({n})" for reason, n in data["errors"].items())
+            f"images/s over time (from submission, {over['bucket_seconds']:.1f} s buckets): {line}",
+            markup=False,
         )
+    if data["errors"]:
+        reasons = ", ".join(f"{shown(reason)} ({n})" for reason, n in data["errors"].items())
+        console.print(Text("errors by reason: " + reasons))
     if data["labels"]:
-        console.print("labels: " + ", ".join(f"{label} ({n})" for label, n in data["labels"].items()))
+        console.print(
+            Text("labels: " + ", ".join(f"{shown(label)} ({n})" for label, n in data["labels"].items()))
+        )

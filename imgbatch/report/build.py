@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import stat
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, StrictUndefined
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from db import reads as stats
 from imgbatch.core.errors import UserError
+from imgbatch.core.names import decode_path, shown
 from imgbatch.report import charts
 from imgbatch.report.template import REPORT_TEMPLATE
 from imgbatch.report.thumbs import THUMB_SIDE, make_thumbs
@@ -85,7 +90,7 @@ def build_report(
             lowest=lowest,
             error_groups=stats.error_groups(session, job_id, limit_per_reason=opts.errors_per_reason),
             charts=_charts(session, summary, labels, stage_samples, opts),
-            thumbs=make_thumbs(files, opts.thumb_side),
+            thumbs=make_thumbs(files, [decode_path(r) for r in summary.roots], opts.thumb_side),
             compare=compare,
             generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         )
@@ -153,25 +158,46 @@ def _stage_rows(stage_samples: dict[str, list[float]]) -> list[dict[str, Any]]:
     ]
 
 
+STDOUT = Path("-")
+
+
 def write_report(html: str, output: Path) -> None:
-    """Write atomically (temp file + rename), so a failed write leaves no half report behind."""
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    """Write to stdout (`-`), or atomically to a regular file: a temp file beside it, then a rename,
+    so a failed write leaves no half report and nothing but a regular file is ever replaced."""
+    if output == STDOUT:
+        sys.stdout.write(html)
+        sys.stdout.flush()
+        return
+    check_writable(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:
-        tmp.write_text(html, encoding="utf-8")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(html)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, output)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise UserError(f"cannot write report to {output}: {exc.strerror or exc}") from exc
 
 
 def check_writable(output: Path) -> None:
-    """Fail before the (possibly long) work when the output path cannot be written."""
-    if output.is_dir():
-        raise UserError(f"cannot write report to {output}: it is a directory")
+    """Fail before the (possibly long) work when the output path cannot or must not be written: an
+    existing path that is not a regular file (a directory, device, FIFO, socket) is refused."""
+    if output == STDOUT:
+        return
+    try:
+        mode = output.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise UserError(f"cannot write report to {output}: {exc.strerror or exc}") from exc
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UserError(f"refusing to write report to {output}: it is {kind}")
     parent = output.parent
     if not parent.is_dir():
         raise UserError(f"cannot write report to {output}: no such directory {parent}")
-    if not os.access(parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+    if not os.access(parent, os.W_OK) or (mode is not None and not os.access(output, os.W_OK)):
         raise UserError(f"cannot write report to {output}: permission denied")
 
 
@@ -179,8 +205,17 @@ def _uri(svg: str | None) -> str | None:
     return charts.svg_data_uri(svg) if svg is not None else None
 
 
+def _finalize(value: Any) -> Any:
+    # Every {{ value }} of text: control characters escaped (Jinja's autoescape handles markup). The
+    # template's own line breaks (tooltips) stay; names, labels and errors are escaped whole by the
+    # filters below before they are joined with them.
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return shown(value, keep_newlines=True)
+    return value
+
+
 def _environment(roots: list[str]) -> Environment:
-    env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=False)
+    env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=False, finalize=_finalize)
 
     def shortpath(path: str) -> str:
         """The path relative to the job directory holding it (the full path when outside all)."""
@@ -190,12 +225,13 @@ def _environment(roots: list[str]) -> Environment:
             except ValueError:
                 continue
             if not rel.startswith(".."):
-                return rel
-        return path
+                return shown(rel)
+        return shown(path)
 
     def top5text(top5: list[Any]) -> str:
-        return "\n".join(f"{float(t[2]):.3f}  {t[1]}" for t in top5 if len(t) >= 3)
+        return "\n".join(f"{float(t[2]):.3f}  {shown(t[1])}" for t in top5 if len(t) >= 3)
 
     env.filters["shortpath"] = shortpath
     env.filters["top5text"] = top5text
+    env.filters["shown"] = shown
     return env

@@ -93,7 +93,7 @@ ul.errs li { margin: 1px 0; }
 {% for g in groups %}
 <details class="group"{% if loop.index <= open_groups %} open{% endif %}>
 <summary>{{ g.label }} <span class="meta">&mdash; {{ g.count }} image{{ '' if g.count == 1 else 's' }}, mean score {{ '%.2f' % g.mean_score }}, lowest {{ '%.2f' % g.min_score }}{% if g.count > g.images|length %}; {{ g.images|length }} shown{% endif %}</span></summary>
-<div class="grid">{% for im in g.images %}{{ card(im.path, thumbs.get(im.path), '%.3f' % im.score, im.path|shortpath, im.path ~ '\n' ~ (im.top5|top5text)) }}{% endfor %}</div>
+<div class="grid">{% for im in g.images %}{{ card(im.path, thumbs.get(im.path), '%.3f' % im.score, im.path|shortpath, im.path|shown ~ '\n' ~ (im.top5|top5text)) }}{% endfor %}</div>
 </details>
 {% endfor %}
 {% if labels_without_thumbs %}
@@ -108,7 +108,7 @@ ul.errs li { margin: 1px 0; }
 
 <section id="doubtful">
 <h2>Least confident: the {{ lowest|length }} lowest top-1 scores</h2>
-<div class="grid">{% for im in lowest %}{{ card(im.path, thumbs.get(im.path), im.label ~ ' ' ~ ('%.3f' % im.score), im.path|shortpath, im.path ~ '\n' ~ (im.top5|top5text)) }}{% endfor %}</div>
+<div class="grid">{% for im in lowest %}{{ card(im.path, thumbs.get(im.path), im.label ~ ' ' ~ ('%.3f' % im.score), im.path|shortpath, im.path|shown ~ '\n' ~ (im.top5|top5text)) }}{% endfor %}</div>
 {% if not lowest %}<p class="muted">No image was classified.</p>{% endif %}
 </section>
 
@@ -130,7 +130,7 @@ ul.errs li { margin: 1px 0; }
 <p>{{ compare.count }} of {{ compare.common }} images present in both jobs (matched by path) changed label{% if compare.count > compare.changes|length %}; the first {{ compare.changes|length }} by path are shown{% endif %}.</p>
 <p class="muted">Both jobs read the same path, so each image is shown once with the two predictions beside it.</p>
 <div class="grid">{% for c in compare.changes %}<div class="pair change">
-{{ card(c.path, thumbs.get(c.path), '', c.path|shortpath, c.path) }}
+{{ card(c.path, thumbs.get(c.path), '', c.path|shortpath, c.path|shown) }}
 <div class="verdicts"><div class="verdict"><span class="muted">job {{ s.job_id[:8] }}</span><br><b>{{ c.label_a or c.status_a }}</b>{% if c.score_a is not none %} {{ '%.3f' % c.score_a }}{% endif %}</div>
 <div class="arrow">&darr;</div>
 <div class="verdict"><span class="muted">job {{ compare.job_id[:8] }}</span><br><b>{{ c.label_b or c.status_b }}</b>{% if c.score_b is not none %} {{ '%.3f' % c.score_b }}{% endif %}</div></div>
