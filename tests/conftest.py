@@ -224,3 +224,17 @@ def start_worker(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     yield start
     for worker in started:
         worker.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault tests' figures (tests/faults.py), as the closing note's table."""
+    from faults import FAULT_TABLE
+
+    if FAULT_TABLE:
+        terminalreporter.section("fault table (nobody waiting)")
+        terminalreporter.write_line(
+            "| fault | waiter | database | images | rows | distinct | pending | time to done |"
+        )
+        terminalreporter.write_line("|---|---|---|---|---|---|---|---|")
+        for row in FAULT_TABLE:
+            terminalreporter.write_line(row)

@@ -179,3 +179,77 @@ class JobCounter:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+# ---------------------------------------------------------------------------- jobs with nobody waiting
+def job_state(counter: JobCounter, job_id: str) -> str | None:
+    from db.models import Job
+
+    with counter.sessions() as s:
+        state = s.scalar(select(Job.state).where(Job.id == job_id))
+    return None if state is None else str(state)
+
+
+def wait_done(counter: JobCounter, job_id: str, timeout: float = 240) -> float:
+    """Seconds until the job is done, polling the database (no CLI waits for it)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if job_state(counter, job_id) == "done":
+                return time.monotonic() - start
+        except Exception:  # the database may be cut by the test
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not done after {timeout} s: {counter.exactly_once(job_id)}")
+
+
+FAULT_TABLE: list[str] = []
+
+
+def record_fault(
+    fault: str, database: str, counter: JobCounter, job_id: str, seconds: float
+) -> tuple[int, ...]:
+    """One row of the closing note's table, printed at the end of the run (conftest)."""
+    images, rows, distinct, pending = counter.exactly_once(job_id)
+    FAULT_TABLE.append(
+        f"| {fault} | none | {database} | {images} | {rows} | {distinct} | {pending} | {seconds:.1f} s |"
+    )
+    return images, rows, distinct, pending
+
+
+# ---------------------------------------------------------------------------- a stuck mount (FUSE)
+class HangMount:
+    """tests/hangfs.py mounted at `mountpoint`: files whose reads (or directories whose listings)
+    never return until `open_gate()`."""
+
+    def __init__(self, mountpoint: Path, specs: list[str]) -> None:
+        import sys
+
+        self.mountpoint = mountpoint
+        self.gate = Path(tempfile.mkdtemp(prefix="imgbatch-gate-")) / "open"
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        script = Path(__file__).with_name("hangfs.py")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(mountpoint), str(self.gate), *specs],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mountpoint):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise AssertionError(f"FUSE mount failed (libfuse2 and fusepy installed?): {err}")
+            time.sleep(0.05)
+
+    def open_gate(self) -> None:
+        self.gate.touch()
+
+    def close(self) -> None:
+        self.open_gate()
+        subprocess.run(["umount", "-l", str(self.mountpoint)], check=False, capture_output=True)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import imgbatch_env, run_cli
 from faults import JobCounter, children, peak_rss_mb
 from imgbatch.core.samples import EXPECTED_CLASSES, load_photo
 
@@ -107,7 +107,10 @@ def _make_files(job_dir: Path, outside: Path) -> dict[str, tuple[str, Any]]:
     (job_dir / "escape.jpg").symlink_to(outside / "secret.jpg")
     expect["escape.jpg"] = ("error", "outside the job's directories")
 
-    os.mkfifo(job_dir / "fifo.jpg")  # never recorded: reading it would block a worker forever
+    os.mkfifo(job_dir / "fifo.jpg")  # recorded, and refused without blocking the worker
+    expect["fifo.jpg"] = ("error", "not a regular file")
+    (job_dir / "dangling.jpg").symlink_to(job_dir / "no-such-target.jpg")
+    expect["dangling.jpg"] = ("error", "broken symbolic link")
     return expect
 
 
@@ -137,7 +140,7 @@ def test_hostile_and_odd_files(
 
     out = run_cli(["results", job_id, "--format", "json"], service_env)
     results = {Path(r["path"]).name: r for r in json.loads(out.stdout)}
-    assert sorted(results) == sorted(expect), "fifo.jpg must not be recorded; everything else must"
+    assert sorted(results) == sorted(expect), "every file with an image extension is recorded"
     for name, (status, detail) in expect.items():
         got = results[name]
         assert got["status"] == status, (name, got)
@@ -165,3 +168,60 @@ def test_decode_refuses_the_bomb_in_process_without_allocating(tmp_path: Path) -
     with pytest.raises(ImageDecodeError, match="too many pixels"):
         load_tensor(tmp_path / "bomb.png", PreprocessSpec())
     assert peak_rss_mb(os.getpid()) - before < 50
+
+
+HOSTILE = {
+    "x[/b].jpg": "x[/b].jpg",  # Rich markup closing a tag that was never opened: crashed `results`
+    "IMG [edited].jpg": "IMG [edited].jpg",  # printed as "IMG .jpg"
+    "<img src=x onerror=alert(1)>.jpg": "<img src=x onerror=alert(1)>.jpg",
+    "\x1b[31mred.jpg": "\\x1b[31mred.jpg",  # ESC shown escaped, never sent to the terminal
+    "new\nline.jpg": "new\\nline.jpg",
+}
+
+
+def test_hostile_names_through_run_results_and_report(tmp_path: Path, model_path: Path) -> None:
+    """Names are data: shown, never interpreted, stored losslessly. A name that is not UTF-8
+    (x\\xe9.jpg as bytes) and a file literally named `x\\xe9.jpg` stay two images."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    data = _cat_bytes()
+    for name in HOSTILE:
+        (photos / name).write_bytes(data)
+    with open(os.path.join(os.fsencode(photos), b"x\xe9.jpg"), "wb") as handle:
+        handle.write(data)
+    (photos / "x\\xe9.jpg").write_bytes(data)  # a backslash, an x, an e and a 9
+    (photos / "dangling.jpg").symlink_to(photos / "gone.jpg")
+    os.mkfifo(photos / "fifo.jpg")
+    env = imgbatch_env(tmp_path, IMGBATCH_MODEL=str(model_path))
+
+    run = run_cli(["run", str(photos), "--workers", "1"], env)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "9 images, 7 ok, 2 errors" in " ".join(run.stdout.split()), run.stdout
+    for shown_as in HOSTILE.values():
+        assert shown_as in run.stdout, (shown_as, run.stdout)
+    assert "\x1b" not in run.stdout + run.stderr, "an ESC reached the terminal"
+
+    table = run_cli(["results"], env)
+    assert table.returncode == 0 and "Traceback" not in table.stderr, table.stderr
+    assert "x[/b].jpg" in table.stdout and "IMG [edited].jpg" in table.stdout and "\x1b" not in table.stdout
+    rows = {Path(r["path"]).name: r for r in json.loads(run_cli(["results", "-f", "json"], env).stdout)}
+    assert len(rows) == 9
+    assert rows["x\\xe9.jpg"]["status"] == "ok" and rows["x\\\\xe9.jpg"]["status"] == "ok"
+    assert rows["fifo.jpg"]["error"] == "not a regular file"
+    assert rows["dangling.jpg"]["error"] == "broken symbolic link"
+
+    report = run_cli(["report", "-o", str(tmp_path / "r.html")], env)
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert (
+        "\x1b" not in html and "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;.jpg" in html
+    )
+    assert "\\x1b[31mred.jpg" in html and "x[/b].jpg" in html
+
+
+def _cat_bytes() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    load_photo("cat").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()

@@ -205,7 +205,9 @@ def test_output_that_cannot_be_written(small_job: Path, env: dict[str, str], tmp
     )
 
 
-def test_output_that_is_not_a_regular_file_is_refused(small_job: Path, env: dict[str, str], tmp_path: Path) -> None:
+def test_output_that_is_not_a_regular_file_is_refused(
+    small_job: Path, env: dict[str, str], tmp_path: Path
+) -> None:
     """As root a report once replaced a device file and a FIFO: anything but a regular file is refused,
     and `-o -` is stdout, not a file named `-`."""
     fifo = tmp_path / "out.fifo"

@@ -160,11 +160,13 @@ class Ledger:
         return self._int(self.client.llen(self.queue))
 
     def _scan(self, kind: str) -> Iterable[tuple[str, Any]]:
-        keys = [_text(k) for k in self.client.scan_iter(match=self.key(kind, "*"), count=500)]
+        """(name, value) of every `kind:name` key."""
+        prefix = self.key(kind) + ":"
+        keys = [_text(k) for k in self.client.scan_iter(match=prefix + "*", count=500)]
         values = self.client.mget(keys) if keys else []
         for key, value in zip(keys, cast(list[Any], values), strict=True):
             if value is not None:
-                yield key.removeprefix(self.key(kind, "")), value
+                yield key.removeprefix(prefix), value
 
     def alive_nodes(self) -> dict[str, list[int]]:
         """Workers with a heartbeat: node -> the pids of its pool processes."""
