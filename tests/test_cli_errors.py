@@ -114,3 +114,64 @@ def test_bench_refuses_a_wrong_fp32_twin_before_any_work(
     )
     assert_one_line_error(proc, "not an FP32 twin", "labels differ")
     assert not images.exists()  # refused before the benchmark set was written
+
+
+def test_malformed_urls_are_one_line_each(env: dict[str, str], photo_dir: Path, tmp_path: Path) -> None:
+    for url, needle in (
+        ("postgresql://bob:pw@127.0.0.1:notaport/db", "the port must be a number"),
+        ("mysql://bob@127.0.0.1/db", "unknown scheme"),
+        ("garbage", "invalid database URL"),
+        (f"sqlite:///{tmp_path}/missing/dir/x.db", "no such directory"),
+    ):
+        env["IMGBATCH_DATABASE_URL"] = url
+        assert_one_line_error(run_cli(["status"], env), needle)
+    assert not (tmp_path / "missing").exists()  # only the default data dir is ever created
+    env["IMGBATCH_DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    for url, needle in (
+        ("redis://127.0.0.1:port/0", "the port must be a number"),
+        ("http://127.0.0.1:6379", "the scheme must be"),
+        ("nonsense", "invalid Redis URL"),
+    ):
+        env["IMGBATCH_REDIS_URL"] = url
+        assert_one_line_error(run_cli(["submit", str(photo_dir)], env), needle)
+    env["IMGBATCH_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0?password=query-s3cret"
+    proc = run_cli(["submit", str(photo_dir)], env)
+    assert_one_line_error(proc, "cannot reach Redis", "***")
+    assert "query-s3cret" not in proc.stderr
+
+
+def test_postgres_scheme_means_postgresql(env: dict[str, str]) -> None:
+    from conftest import PG_ADMIN_URL, _postgres_reachable, fresh_postgres_database
+
+    if not _postgres_reachable():
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is needed")
+    with fresh_postgres_database() as url:
+        env["IMGBATCH_DATABASE_URL"] = url.replace("postgresql://", "postgres://")
+        proc = run_cli(["db", "upgrade"], env)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_a_model_that_breaks_the_contract_is_refused(
+    env: dict[str, str], photo_dir: Path, tmp_path: Path, model_path: Path
+) -> None:
+    """Fewer labels than outputs is refused; a foreign graph with copied metadata gets its own hash."""
+    import json
+
+    import onnx
+
+    short = onnx.load(str(model_path))
+    for prop in short.metadata_props:
+        if prop.key == "imgbatch.labels":
+            prop.value = json.dumps(json.loads(prop.value)[:500])
+    onnx.save(short, str(tmp_path / "short.onnx"))
+    proc = run_cli(["submit", str(photo_dir), "--model", str(tmp_path / "short.onnx")], env)
+    assert_one_line_error(proc, "1000 outputs but 500 labels")
+
+    from imgbatch.core.modelfile import read_model_info
+
+    foreign = onnx.load(str(model_path))
+    foreign.graph.name = "not the exported graph"  # any other graph, the real model's metadata copied
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    real, copy = read_model_info(model_path), read_model_info(tmp_path / "foreign.onnx")
+    assert real.graph_sha256 == copy.graph_sha256  # what the metadata claims is the same...
+    assert real.sha256 != copy.sha256  # ...what the file is, is not

@@ -81,3 +81,50 @@ def test_a_database_of_the_first_schema_upgrades_and_keeps_its_rows(db_url: str,
         assert find_job(s, "old").state is JobState.DONE
         assert job_counts(s, "old").ok == 1
     engine.dispose()
+
+
+def test_a_database_of_revision_0002_upgrades_its_paths_to_the_lossless_encoding(
+    db_url: str, tmp_path: Path
+) -> None:
+    """0003: a name that was not UTF-8 (kept as bytes in raw_path, shown with backslashreplace) and a
+    name with a literal backslash become the injective `ls -b` text; raw_path goes; rows are kept."""
+    from alembic import command
+
+    from db.migrate import alembic_config
+    from imgbatch.core.names import decode_path
+
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002")
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, created_at, state, roots, model_path, model_sha256, batch_size, "
+                "total_images) VALUES ('old', CURRENT_TIMESTAMP, 'running', :roots, '/m.onnx', :sha, 8, 3)"
+            ),
+            {"sha": "a" * 64, "roots": '["/x\\\\y"]'},
+        )
+        rows = [
+            ("/x\\y/caf\\xe9.jpg", b"/x\\y/caf\xe9.jpg", "ok"),  # not UTF-8: its bytes were in raw_path
+            ("/x\\y/plain.jpg", None, "pending"),  # a backslash in the directory name
+            ("/x\\y/\u00e9t\u00e9.jpg", None, "error"),
+        ]
+        for path, raw, state in rows:
+            conn.execute(
+                text("INSERT INTO images (job_id, path, raw_path, state) VALUES ('old', :p, :r, :s)"),
+                {"p": path, "r": raw, "s": state},
+            )
+    proc = run_cli(["db", "upgrade"], imgbatch_env(tmp_path, IMGBATCH_DATABASE_URL=db_url))
+    assert proc.returncode == 0, proc.stderr
+    with session_factory(engine)() as s:
+        stored = dict(s.execute(select(Image.path, Image.state)).all())
+        job = find_job(s, "old")
+        assert job.roots == ["/x\\\\y"] and job.state is JobState.RUNNING
+    assert stored == {
+        "/x\\\\y/caf\\xe9.jpg": ImageStatus.OK,
+        "/x\\\\y/plain.jpg": ImageStatus.PENDING,
+        "/x\\\\y/\u00e9t\u00e9.jpg": ImageStatus.ERROR,
+    }
+    assert decode_path("/x\\\\y/caf\\xe9.jpg") == b"/x\\y/caf\xe9.jpg"
+    with engine.connect() as conn:
+        assert "raw_path" not in {c["name"] for c in inspect(conn).get_columns("images")}
+    engine.dispose()
