@@ -29,9 +29,11 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from imgbatch import __version__
+        from importlib.metadata import version
 
-        print(f"imgbatch {__version__}")
+        # The installed distribution's version (importing the `imgbatch` package from here would
+        # make the command line and the package that runs it import each other).
+        print(f"imgbatch {version('imgbatch')}")
         raise typer.Exit()
 
 
