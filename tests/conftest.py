@@ -57,6 +57,17 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def broker() -> Iterator:  # type: ignore[type-arg]
+    """A private redis-server of this test's own, which it may kill and restart empty."""
+    from faults import RestartableRedis
+
+    server = RestartableRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
 # ---------------------------------------------------------------------------- databases
 def _postgres_reachable() -> bool:
     import psycopg

@@ -58,14 +58,6 @@ def job_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def broker() -> Iterator[RestartableRedis]:
-    server = RestartableRedis()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def pg_url() -> Iterator[str]:
     with fresh_postgres_database() as url:
         yield url

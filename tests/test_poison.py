@@ -10,7 +10,6 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,6 @@ from imgbatch.core.samples import make_variants
 
 pytestmark = pytest.mark.slow
 MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
-
-
-@pytest.fixture
-def broker() -> Iterator[RestartableRedis]:
-    server = RestartableRedis()
-    server.start()
-    yield server
-    server.stop()
 
 
 def _env(
@@ -57,6 +48,13 @@ def _submit(env: dict[str, str], directory: Path) -> str:
     proc = run_cli(["submit", str(directory)], env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().splitlines()[-1]
+
+
+def _done(fault: str, counter: JobCounter, job_id: str, images: int) -> dict[str, str | None]:
+    """Wait until the job is done by itself; exactly one row per image; {file name: error}."""
+    seconds = wait_done(counter, job_id)
+    assert record_fault(fault, "SQLite", counter, job_id, seconds) == (images, images, images, 0)
+    return _errors(counter, job_id)
 
 
 def _errors(counter: JobCounter, job_id: str) -> dict[str, str | None]:
@@ -108,16 +106,7 @@ def test_a_file_that_gets_the_pool_process_killed_by_the_oom_killer(
         (cgroup / "memory.limit_in_bytes").write_text(str(limit))
         counter = JobCounter(db_url)
         job_id = _submit(env, photos)
-        seconds = wait_done(counter, job_id)
-        assert record_fault(
-            "pool process OOM-killed by one file (memory cgroup)", "SQLite", counter, job_id, seconds
-        ) == (
-            41,
-            41,
-            41,
-            0,
-        )
-        errors = _errors(counter, job_id)
+        errors = _done("pool process OOM-killed by one file (memory cgroup)", counter, job_id, 41)
         assert errors["poison.png"] == "worker process killed while decoding (3 times)"
         assert all(error is None for name, error in errors.items() if name != "poison.png")
         oom = dict(line.split() for line in _memory(cgroup, "memory.oom_control").splitlines())
@@ -161,16 +150,7 @@ def test_a_read_that_never_returns_and_a_fifo_swapped_in_after_the_scan(
         os.mkfifo(photos / "swap.jpg")
         worker = start_worker(env, concurrency=1)
         counter = JobCounter(db_url)
-        seconds = wait_done(counter, job_id)
-        assert record_fault(
-            "read never returns (FUSE) + FIFO swapped in", "SQLite", counter, job_id, seconds
-        ) == (
-            32,
-            32,
-            32,
-            0,
-        )
-        errors = _errors(counter, job_id)
+        errors = _done("read never returns (FUSE) + FIFO swapped in", counter, job_id, 32)
         assert errors["hang.jpg"] == "timed out after 1 s"
         assert errors["swap.jpg"] == "not a regular file"
         assert sum(error is None for error in errors.values()) == 30
@@ -199,12 +179,6 @@ def test_the_same_batch_processed_at_once_by_two_workers(
         kwargs = {"job_id": job_id, "items": items, "enqueued_at": time.time(), "batch_id": "dup"}
         app.send_task(TASK_CLASSIFY, kwargs=kwargs, queue=app.settings.queue_name)
     workers = [start_worker(env, concurrency=1, wait=False) for _ in range(2)]
-    seconds = wait_done(counter, job_id)
-    assert record_fault("one batch delivered to two workers at once", "SQLite", counter, job_id, seconds) == (
-        64,
-        64,
-        64,
-        0,
-    )
+    _done("one batch delivered to two workers at once", counter, job_id, 64)
     assert all("received" in w.log() for w in workers), [w.log()[-2000:] for w in workers]
     counter.close()

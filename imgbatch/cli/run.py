@@ -180,19 +180,10 @@ def cancel(job: JobArg) -> None:
 
     Example: imgbatch cancel 3f2a
     """
-    from db.reads import find_job
-    from db.writes import cancel_job
-
     config = settings()
-    made = sessions(config)
-    with made() as s:
-        job_id = find_job(s, job).id
-    with made.begin() as s:
-        cancelled = cancel_job(s, job_id)
+    job_id, cancelled = _cancel(config, job)
     if not cancelled:
         raise UserError(f"job {job_id} is not scanning or running: nothing to cancel")
-    if config.redis_url:
-        _forget(config, config.redis_url, job_id)
     print(job_id)
 
 
@@ -204,15 +195,11 @@ def delete(job: JobArg) -> None:
 
     Example: imgbatch delete 3f2a
     """
-    from db.reads import find_job
-    from db.writes import cancel_job, delete_job_chunk
+    from db.writes import delete_job_chunk
 
     config = settings()
     made = sessions(config)
-    with made() as s:
-        job_id = find_job(s, job).id
-    with made.begin() as s:
-        cancel_job(s, job_id)
+    job_id, _ = _cancel(config, job)
     deleted = 0
     while True:
         with made.begin() as s:
@@ -274,6 +261,21 @@ def retry(
     if wait:
         _watch(config, migrated, broker_url, job_id, finished)
     print(job_id)
+
+
+def _cancel(config: Settings, job: str) -> tuple[str, bool]:
+    """(job id, whether it was cancelled now): its pending images are no longer sent."""
+    from db.reads import find_job
+    from db.writes import cancel_job
+
+    made = sessions(config)
+    with made() as s:
+        job_id = find_job(s, job).id
+    with made.begin() as s:
+        cancelled = cancel_job(s, job_id)
+    if cancelled and config.redis_url:
+        _forget(config, config.redis_url, job_id)
+    return job_id, cancelled
 
 
 def _ledger(config: Settings, broker_url: str) -> Ledger:
