@@ -152,10 +152,19 @@ class Batch:
         return marker.pid in alive.get(marker.node, [])
 
     def _count_death(self, item: list[Any], marker: Marker) -> None:
+        """A process died decoding this image. Older than the per-image timeout, it hung (the hard time
+        limit killed it): an error row at once, since the next reader of a page a stuck mount never
+        delivers waits uninterruptibly and wedges its pool process for good (measured on a FUSE
+        mount). Otherwise count the death; send it again alone below the cap."""
         deaths = self._quietly(lambda: self.rt.ledger.count_death(self.job_id, item[0], marker))
         if not deaths:
             return  # another delivery counted it and handles the image
-        if deaths < self.settings.max_decode_kills:
+        timeout_s = self.settings.image_timeout_s
+        if time.time() - marker.started_at > timeout_s:
+            error = f"timed out after {timeout_s:g} s"
+        elif deaths >= self.settings.max_decode_kills:
+            error = f"worker process killed while decoding ({deaths} times)"
+        else:
             log.warning(
                 "job %s: image %d killed its pool process (%d): sent again alone",
                 self.job_id,
@@ -164,13 +173,6 @@ class Batch:
             )
             self.deferred.append(Entry.deferred([item], 0.0))
             return
-        age_s = time.time() - marker.started_at
-        timeout_s = self.settings.image_timeout_s
-        error = (
-            f"timed out after {timeout_s:g} s"
-            if age_s > timeout_s
-            else f"worker process killed while decoding ({deaths} times)"
-        )
         self.rows.append(self._row(item[0], Prediction(item[1], 0.0, error=error), ""))
 
     @contextlib.contextmanager
