@@ -1,4 +1,4 @@
-"""A big submit, measured: N files (hard links to one small real JPEG), `imgbatch submit` against SQLite
+"""A big submit, measured: N files (hard links to a small real JPEG), `imgbatch submit` against SQLite
 with one worker running, and from outside:
 
 - wall clock of the submit (scan + inserts, until it returns);
@@ -31,15 +31,20 @@ sys.path.insert(0, str(REPO))
 from imgbatch.core.samples import load_photo  # noqa: E402
 from producer.local_redis import local_redis  # noqa: E402
 
+# ext4 allows 65,000 links to one inode: a copy of the JPEG for every 50,000 names.
+LINKS_PER_COPY = 50_000
+
 
 def make_files(root: Path, files: int, per_dir: int) -> float:
     start = time.monotonic()
-    source = root / "source.jpg"
+    root.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     load_photo("cat").resize((96, 96)).save(buffer, format="JPEG", quality=85)
-    source.write_bytes(buffer.getvalue())
     photos = root / "photos"
     for d in range((files + per_dir - 1) // per_dir):
+        source = root / f"source-{d * per_dir // LINKS_PER_COPY}.jpg"
+        if not source.exists():
+            source.write_bytes(buffer.getvalue())
         directory = photos / f"d{d:05d}"
         directory.mkdir(parents=True)
         for i in range(min(per_dir, files - d * per_dir)):
