@@ -41,14 +41,15 @@ def make_files(root: Path, files: int, per_dir: int) -> float:
     buffer = io.BytesIO()
     load_photo("cat").resize((96, 96)).save(buffer, format="JPEG", quality=85)
     photos = root / "photos"
-    for d in range((files + per_dir - 1) // per_dir):
-        source = root / f"source-{d * per_dir // LINKS_PER_COPY}.jpg"
-        if not source.exists():
+    for n in range(files):
+        d, i = divmod(n, per_dir)
+        if i == 0:
+            directory = photos / f"d{d:05d}"
+            directory.mkdir(parents=True)
+        source = root / f"source-{n // LINKS_PER_COPY}.jpg"
+        if n % LINKS_PER_COPY == 0:
             source.write_bytes(buffer.getvalue())
-        directory = photos / f"d{d:05d}"
-        directory.mkdir(parents=True)
-        for i in range(min(per_dir, files - d * per_dir)):
-            os.link(source, directory / f"img{i:05d}.jpg")
+        os.link(source, directory / f"img{i:07d}.jpg")
     return time.monotonic() - start
 
 
