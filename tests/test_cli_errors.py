@@ -175,3 +175,24 @@ def test_a_model_that_breaks_the_contract_is_refused(
     real, copy = read_model_info(model_path), read_model_info(tmp_path / "foreign.onnx")
     assert real.graph_sha256 == copy.graph_sha256  # what the metadata claims is the same...
     assert real.sha256 != copy.sha256  # ...what the file is, is not
+
+
+def test_submit_wait_says_once_when_no_worker_is_alive(env: dict[str, str], photo_dir: Path) -> None:
+    """No worker on the queue: `submit --wait` says so on stderr, once, naming IMGBATCH_REDIS_URL."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**env, "IMGBATCH_QUEUE_NAME": "nobody-listens", "IMGBATCH_HEARTBEAT_TTL_S": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgbatch", "submit", str(photo_dir), "--wait"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(25)
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    told = [line for line in err.splitlines() if "no imgbatch worker has been alive" in line]
+    assert len(told) == 1 and "IMGBATCH_REDIS_URL=" in told[0], err

@@ -63,7 +63,7 @@ def test_ctrl_c_stops_workers_and_redis(tmp_path: Path, model_path: Path) -> Non
         stderr=subprocess.PIPE,
         text=True,
     )
-    db = make_engine(f"sqlite:///{tmp_path / 'data' / 'imgbatch.db'}")
+    db = make_engine(f"sqlite:///{tmp_path / 'data' / 'imgbatch.db'}", create_parent=True)
     deadline = time.monotonic() + 120
     started = 0
     while time.monotonic() < deadline and started == 0:  # wait until the job is under way

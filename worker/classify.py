@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,7 +54,11 @@ class Prediction:
 
 @contextlib.contextmanager
 def image_timer(seconds: float) -> Iterator[None]:
-    """Interrupt what runs inside after `seconds` with ImageTimeout (in the main thread only)."""
+    """Interrupt what runs inside after `seconds` with ImageTimeout. Signals reach the main thread only:
+    elsewhere (a Ray actor's thread, in `imgbatch bench --ray`) nothing is timed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def expired(_signum: int, _frame: Any) -> None:
         raise ImageTimeout()

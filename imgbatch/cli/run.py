@@ -69,7 +69,7 @@ def run(
         bar.update(task, completed=finished, total=total)
 
     def on_notice(text: str) -> None:
-        err_console.print(Text(shown(text)))
+        err_console.print(Text(shown(text)), soft_wrap=True)
 
     try:
         outcome = run_embedded(
@@ -313,7 +313,7 @@ def _watch(config: Settings, engine: Engine, broker_url: str, job_id: str, finis
         Watcher(config, engine, broker_url).watch(
             job_id,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            on_notice=lambda text: bar.console.print(Text(shown(text))),
+            on_notice=lambda text: bar.console.print(Text(shown(text)), soft_wrap=True),
         )
     print_summary(job_id, time.monotonic() - start, since_finished=finished, show_rows=False)
 
