@@ -39,3 +39,21 @@ def test_missing_and_non_directory_roots_are_user_errors(tmp_path: Path) -> None
     (tmp_path / "file.jpg").write_bytes(b"x")
     with pytest.raises(UserError, match="not a directory"):
         resolve_roots([tmp_path / "file.jpg"])
+
+
+def test_a_tree_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    """The walk is iterative: 1,500 levels (the recursive walk crashed past about 1,000)."""
+    deep = tmp_path
+    for _ in range(1500):
+        deep = deep / "d"
+        os.mkdir(deep)  # 1,500 * 2 characters: within PATH_MAX (4,096)
+    (deep / "bottom.jpg").write_bytes(b"x")
+    assert [p.endswith("bottom.jpg") for p in scan(resolve_roots([tmp_path]))] == [True]
+
+
+def test_fifos_and_dangling_symlinks_are_recorded(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    names = sorted(os.path.basename(p) for p in scan(resolve_roots([tmp_path])))
+    assert names == ["dangling.png", "pipe.jpg"]
