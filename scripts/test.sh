@@ -8,4 +8,6 @@ bash scripts/setup.sh --dev
 .venv/bin/mypy
 # The report test opens a real report in headless Chromium: Debian's chromium and chromium-driver.
 { command -v chromium && command -v chromedriver; } >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+# The stuck-mount fault tests mount a FUSE file system (fusepy, a dev extra) through Debian's libfuse2.
+ldconfig -p | grep -q 'libfuse\.so\.2' || (apt-get update -qq && apt-get install -y -qq libfuse2)
 exec .venv/bin/pytest "$@"
