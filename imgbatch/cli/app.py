@@ -29,9 +29,9 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from imgbatch import __version__
+        from importlib.metadata import version
 
-        print(f"imgbatch {__version__}")
+        print(f"imgbatch {version('imgbatch')}")
         raise typer.Exit()
 
 
