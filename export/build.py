@@ -1,5 +1,9 @@
 """End to end: checkpoint -> FP32 ONNX (parity-checked) -> static INT8 ONNX with the imgbatch contract.
 
+``export_model`` runs the steps in order: build the FP32 ONNX, check its parity with PyTorch, quantize
+(or search a recipe with ``--auto``, export.auto), evaluate (export.evaluate), measure speed
+(export.measure), gate, and install; the report (export.export_report) records each step.
+
 The output is written atomically: everything is built in a temporary file beside ``output`` and
 moved into place with ``os.replace`` only after it has been re-opened through
 ``imgbatch.core.modelfile.open_session``. A failed build leaves ``output`` as it was.
@@ -8,19 +12,18 @@ moved into place with ``os.replace`` only after it has been re-opened through
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 
-from export import report as rep
+from export.auto import AutoSearch, SearchPhotos, search
 from export.evalset import (
     NATURAL_PHOTOS,
     LabelledSet,
@@ -30,28 +33,34 @@ from export.evalset import (
     natural_eval_set,
     search_set,
 )
+from export.evaluate import evaluate
+from export.export_report import ExportReport, GateDecision, GateRefused, ReportedFailure
+from export.measure import bench, describe_machine, ratios
 from export.metadata import imagenet_labels, write_metadata
 from export.onnx_export import ParityReport, check_parity, export_any, load_batch
 from export.quantize import QuantConfig, get_preset, prepare, quantize_int8
-from export.sources import DEFAULT_ARCH, default_preset, load_source
-from imgbatch.core.cpus import int8_pairs_saturate
+from export.report import Row, Thresholds, all_cores, gate
+from export.runners import ONNX_FP32, ONNX_INT8, ComparedModels, exact_int8, logits, torch_runner
+from export.sources import DEFAULT_ARCH, Source, default_preset, load_source
 from imgbatch.core.errors import UserError
-from imgbatch.core.modelfile import inference_session, open_session, quantization_is_saturation_safe
-from imgbatch.core.preprocess import PreprocessSpec
+from imgbatch.core.modelfile import open_session
 from imgbatch.core.samples import write_photos
 
 
 @dataclass(frozen=True)
 class BuildReport:
+    """What ``export_model`` installed, and its report."""
+
     path: Path
     quant_json: Path
     fp32_bytes: int
     int8_bytes: int
     seconds: float
-    parity: ParityReport
-    graph_sha256: str
-    report: dict | None = None  # type: ignore[type-arg]
-    report_text: str = ""
+    report: ExportReport
+
+    @property
+    def parity(self) -> ParityReport:
+        return self.report.parity
 
     def summary(self) -> str:
         return (
@@ -98,7 +107,7 @@ class ExportOptions:
     eval_dir: Path | None = None
     labels_csv: Path | None = None
     eval_count: int = 1000
-    thresholds: rep.Thresholds = rep.Thresholds()
+    thresholds: Thresholds = Thresholds()
     gate: bool = True
     auto: bool = False
     benchmark: bool = True
@@ -112,297 +121,226 @@ def default_config(options: ExportOptions) -> QuantConfig:
     return get_preset(default_preset(options.arch, state_dict))
 
 
-def _sizes_mb(path: Path) -> float:
-    return path.stat().st_size / 1e6
+@dataclass(frozen=True)
+class Photos:
+    """The photos one export reads: the user's, or variants of the bundled ones made in its work dir."""
+
+    calibration: list[Path]
+    evaluation: LabelledSet
+    x_eval: np.ndarray  # the evaluation photos as the model's input
 
 
-def _onnx_runner(path: Path, threads: int, exact_int8: bool = False) -> rep.Runner:
-    session = inference_session(path, threads, exact_int8)
-    return lambda x: session.run(None, {"input": x})[0]
+class UserPhotos(NamedTuple):
+    calibration: list[Path] | None  # None: variants of the bundled photos
+    evaluation: LabelledSet | None  # None: variants of the natural photos
 
 
-def _torch_runner(model: object, threads: int) -> rep.Runner:
-    import torch
-
-    def run(x: np.ndarray) -> np.ndarray:
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()  # type: ignore[operator,no-any-return]
-
-    return run
+def _user_photos(options: ExportOptions, labels: list[str]) -> UserPhotos:
+    """The calibration and evaluation images the user gave, checked before anything is built."""
+    calibration = list_images(options.calib_dir, "calibration") if options.calib_dir else None
+    evaluation = load_eval_dir(options.eval_dir, options.labels_csv, labels) if options.eval_dir else None
+    if options.labels_csv is not None and options.eval_dir is None:
+        raise UserError("--labels needs --eval DIR: the labelled images")
+    return UserPhotos(calibration, evaluation)
 
 
-def _logits(runner: rep.Runner, x: np.ndarray, batch: int = 16) -> np.ndarray:
-    return np.concatenate([runner(x[i : i + batch]) for i in range(0, len(x), batch)])
+def _photos(
+    given: UserPhotos, config: QuantConfig, options: ExportOptions, source: Source, work: Path
+) -> Photos:
+    """The user's photos where given, else variants of the bundled photos written to ``work``."""
+    calibration, evaluation = given
+    if calibration is None:
+        calibration = calibration_set(work / "calib", config.calib_count, config.calib_seed)
+    if evaluation is None:
+        names = f"{', '.join(NATURAL_PHOTOS[:6])}, ..."
+        evaluation = LabelledSet(
+            natural_eval_set(work / "eval", options.eval_count),
+            None,
+            f"natural photos: variants of {len(NATURAL_PHOTOS)} photos ({names})",
+        )
+    return Photos(calibration, evaluation, load_batch(evaluation.paths, source.spec))
 
 
-def _bench_rows(
-    rows: dict[str, rep.Row], runners: dict[str, Callable[[int], rep.Runner]], x: np.ndarray, budget: float
-) -> None:
-    for threads in sorted({1, rep.all_cores()}):
-        for batch in (1, 8):
-            xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
-            made = {name: make(threads) for name, make in runners.items()}
-            stats = rep.interleaved_latency(made, xb, budget_s=budget)
-            for name, (p50, p95, runs) in stats.items():
-                rows[name].latency.append(rep.Latency(batch, threads, round(p50, 2), round(p95, 2), runs))
-
-
-def exact_int8(config: QuantConfig) -> bool:
-    """Whether workers on this CPU will run ``config``'s model on ORT's exact INT8 kernels (modelfile)."""
-    return not quantization_is_saturation_safe(config.to_json()) and int8_pairs_saturate()
-
-
-def _speed_ratio(fp32: Path, int8: Path, x: np.ndarray, budget: float, exact: bool = False) -> float:
-    xb = np.ascontiguousarray(np.resize(x, (8, *x.shape[1:])))
-    stats = rep.interleaved_latency(
-        {"fp32": _onnx_runner(fp32, 1), "int8": _onnx_runner(int8, 1, exact)}, xb, budget_s=budget
+def _describe_calibration(photos: Photos, config: QuantConfig, options: ExportOptions) -> str:
+    where = (
+        f" from {options.calib_dir}"
+        if options.calib_dir
+        else f" (bundled photo variants, seed {config.calib_seed})"
     )
-    return stats["fp32"][0] / stats["int8"][0]
+    return f"{len(photos.calibration)} images{where}"
 
 
-def _decoder_check(
-    paths: list[Path],
-    spec: PreprocessSpec,
-    int8_fast: np.ndarray,
-    torch_runner: rep.Runner,
-    int8_runner: rep.Runner,
-    labels: list[int] | None,
-) -> str | None:
-    """Does the workers' fast JPEG decoder (libjpeg-turbo + OpenCV) move accuracy against Pillow?
+def _search_photos(source: Source, photos: Photos, options: ExportOptions, work: Path) -> SearchPhotos:
+    """Photos the gate will not see (export.auto): the user's calibration images, or other variants
+    of the natural photos."""
+    if options.calib_dir:
+        paths, where = photos.calibration, f"calibration images from {options.calib_dir}"
+    else:
+        paths, where = search_set(work / "search", options.eval_count), "other variants of the natural photos"
+    x = load_batch(paths, source.spec)
+    reference = logits(torch_runner(source.model, all_cores()), x)
+    return SearchPhotos(x, reference, f"{len(paths)} {where}, not the evaluation photos")
 
-    The evaluation photos are decoded again by Pillow alone; FP32 on those is the reference for both.
-    ``int8_fast``: INT8 logits on the photos as decoded for the rest of the report (fast path).
-    """
-    from imgbatch.core import preprocess
 
-    if not preprocess.HAVE_FAST_JPEG:
+def _quantize(
+    source: Source, fp32: Path, prepped: Path, photos: Photos, config: QuantConfig, options: ExportOptions
+) -> tuple[QuantConfig, Path, AutoSearch | None]:
+    """The quantized model, in the work dir beside ``fp32``; with the recipe it was made with (with
+    ``--auto``: the one the search chose) and what the search saw."""
+    work = fp32.parent
+    if options.auto and config.mode == "static":
+        search_photos = _search_photos(source, photos, options, work)
+        budget = min(options.bench_budget_s, 2.0)
+        chosen, record, quantized = search(
+            fp32,
+            prepped,
+            work,
+            photos.calibration,
+            config,
+            source.spec,
+            search_photos,
+            options.thresholds,
+            budget,
+        )
+        return chosen, quantized, record
+    quantized = quantize_int8(
+        fp32,
+        work / "int8.onnx",
+        photos.calibration,
+        config,
+        source.spec,
+        cache_path=work / "calib.cache.json",
+        prepped_path=prepped,
+    )
+    return config, quantized, None
+
+
+def _stage(quantized: Path, source: Source, config: QuantConfig, labels: list[str], staged: Path) -> str:
+    """Write ``quantized`` with the imgbatch metadata to ``staged``; returns its graph hash."""
+    proto = onnx.load_model(str(quantized))
+    write_metadata(
+        proto,
+        arch=source.arch,
+        quantization_json=config.to_json(),
+        source_sha256=source.sha256,
+        spec=source.spec,
+        labels=labels,
+    )
+    onnx.save_model(proto, str(staged))
+    _, info = open_session(staged)  # read back exactly as a worker will
+    return info.graph_sha256
+
+
+def _gate(rows: dict[str, Row], options: ExportOptions) -> GateDecision | None:
+    """The gate's verdict on INT8 against FP32 ONNX; None when the recipe made no INT8 model."""
+    if ONNX_INT8 not in rows:
         return None
-    x_pillow = np.stack([preprocess.load_tensor_pillow(p, spec) for p in paths])
-    reference = _logits(torch_runner, x_pillow).argmax(1)
-    fast, pillow = int8_fast.argmax(1), _logits(int8_runner, x_pillow).argmax(1)
-    text = (
-        f"INT8 top-1 agreement with FP32 (Pillow decode) {np.mean(fast == reference):.1%} when the photos "
-        f"are decoded the workers' way (JPEG: libjpeg-turbo + OpenCV), {np.mean(pillow == reference):.1%} "
-        f"when Pillow decodes them; same INT8 top-1 under both decoders on {np.mean(fast == pillow):.1%}"
+    verdict = gate(rows[ONNX_FP32], rows[ONNX_INT8], options.thresholds)
+    return GateDecision(verdict, enforced=options.gate, thresholds=options.thresholds)
+
+
+def _install(staged: Path, fp32: Path, config: QuantConfig, output: Path, options: ExportOptions) -> Path:
+    """Move the staged model to ``output``, its recipe beside it; returns the recipe's path."""
+    if options.fp32_output is not None:
+        shutil.copyfile(fp32, Path(options.fp32_output))
+    # The work directory sits beside the target, so os.replace is an atomic rename on one
+    # filesystem: readers see the old file or the complete new one, never a partial write.
+    os.replace(staged, output)
+    sidecar = quant_json_path(output)
+    tmp_json = staged.parent / "quant.json"
+    tmp_json.write_text(config.to_json() + "\n")
+    os.replace(tmp_json, sidecar)
+    return sidecar
+
+
+def _cannot_write(output: Path, exc: OSError) -> str:
+    return f"cannot write model to {output}: {exc.strerror or exc}"
+
+
+def _build_and_measure(
+    source: Source,
+    labels: list[str],
+    user_photos: UserPhotos,
+    config: QuantConfig,
+    options: ExportOptions,
+    output: Path,
+    work: Path,
+) -> tuple[ExportReport, Path, Path]:
+    """Every step up to the gate's verdict, in ``work``: returns the report, the staged model (with
+    the imgbatch metadata) and the FP32 ONNX."""
+    fp32 = export_any(source.model, work / "fp32.onnx", image_size=source.spec.crop)
+    parity = check_parity(source.model, fp32, write_photos(work / "photos"), source.spec)
+    photos = _photos(user_photos, config, options, source, work)
+    prepped = prepare(fp32, work / "prepped.onnx")
+    config, quantized, auto = _quantize(source, fp32, prepped, photos, config, options)
+    staged = work / "model.onnx"
+    graph_sha256 = _stage(quantized, source, config, labels, staged)
+
+    int8 = None if config.mode == "fp32" else staged
+    models = ComparedModels(source.model, source.path, fp32, int8, exact_int8(config))
+    quantized_from = prepped if config.mode == "static" else None
+    evaluation = evaluate(models, photos.evaluation, photos.x_eval, source.spec, quantized_from, work)
+    if options.benchmark:
+        bench(models, evaluation.rows, photos.x_eval[:8], options.bench_budget_s)
+    decision = _gate(evaluation.rows, options)
+    report = ExportReport(
+        source=source.describe(),
+        output=output,
+        parity=parity,
+        config=config,
+        calibration=_describe_calibration(photos, config, options),
+        evaluation=photos.evaluation.describe() + "; reference for agreement: PyTorch eager FP32",
+        machine=describe_machine(int8 is not None and models.exact_kernels),
+        rows=list(evaluation.rows.values()),
+        ratios=ratios(models, evaluation.rows),
+        graph_sha256=graph_sha256,
+        source_sha256=source.sha256,
+        decoders=evaluation.decoders,
+        error_sources=evaluation.error_sources,
+        auto=auto,
+        gate=decision,
     )
-    if labels is not None:
-        y = np.asarray(labels)
-        text += f"; top-1 accuracy {np.mean(fast == y):.1%} vs {np.mean(pillow == y):.1%}"
-    return text
+    return report, staged, fp32
 
 
 def export_model(
     output: Path, config: QuantConfig | None = None, options: ExportOptions | None = None
 ) -> BuildReport:
-    """Checkpoint -> FP32 ONNX (parity) -> quantized ONNX -> report -> gate -> atomic install."""
+    """Checkpoint -> FP32 ONNX (parity) -> quantized ONNX -> report -> gate -> atomic install.
+
+    Returns what was installed, with its report. When the gate refuses the model, raises
+    ``GateRefused``, which carries the report's text; ``output`` is then left as it was.
+    """
     started = time.perf_counter()
     options = options or ExportOptions()
     output = Path(output).expanduser().absolute()
     config = config or default_config(options)
     _prepare_output_dir(output)
     source = load_source(options.arch, options.weights, options.torchscript, options.exported)
-    spec = source.spec
     labels = imagenet_labels()
-    calib_paths = list_images(options.calib_dir, "calibration") if options.calib_dir else None
-    evaluation = load_eval_dir(options.eval_dir, options.labels_csv, labels) if options.eval_dir else None
-    if options.labels_csv is not None and options.eval_dir is None:
-        raise UserError("--labels needs --eval DIR: the labelled images")
-    if calib_paths is not None:
-        config = config.replace(calib_count=len(calib_paths))
+    user_photos = _user_photos(options, labels)
+    if user_photos.calibration is not None:
+        config = config.replace(calib_count=len(user_photos.calibration))
 
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
-    staged_model = work / "model.onnx"
     try:
-        model = source.model
-        fp32 = export_any(model, work / "fp32.onnx", image_size=spec.crop)
-        parity = check_parity(model, fp32, write_photos(work / "photos"), spec)
-        if calib_paths is None:
-            calib_paths = calibration_set(work / "calib", config.calib_count, config.calib_seed)
-        if evaluation is None:
-            evaluation = LabelledSet(
-                natural_eval_set(work / "eval", options.eval_count),
-                None,
-                f"natural photos: variants of {len(NATURAL_PHOTOS)} photos "
-                f"({', '.join(NATURAL_PHOTOS[:6])}, ...)",
-            )
-        x_eval = load_batch(evaluation.paths, spec)
-
-        torch_logits = _logits(_torch_runner(model, rep.all_cores()), x_eval)
-        fp32_logits = _logits(_onnx_runner(fp32, rep.all_cores()), x_eval)
-        auto_info = None
-        prepped = prepare(fp32, work / "prepped.onnx")
-        quantized = None
-        if options.auto and config.mode == "static":
-            from export.auto import search
-
-            # Photos the gate will not see (export.auto): the user's calibration images, or other
-            # variants of the natural photos.
-            search_paths = calib_paths
-            where = f"calibration images from {options.calib_dir}"
-            if not options.calib_dir:
-                search_paths = search_set(work / "search", options.eval_count)
-                where = "other variants of the natural photos"
-            x_search = load_batch(search_paths, spec)
-            config, auto_info, quantized = search(
-                fp32,
-                prepped,
-                work,
-                calib_paths,
-                config,
-                spec,
-                x_search,
-                _logits(_torch_runner(model, rep.all_cores()), x_search),
-                options.thresholds,
-                budget=min(options.bench_budget_s, 2.0),
-            )
-            auto_info["search_photos"] = f"{len(search_paths)} {where}, not the evaluation photos"
-        if quantized is None:
-            quantized = quantize_int8(
-                fp32,
-                work / "int8.onnx",
-                calib_paths,
-                config,
-                spec,
-                cache_path=work / "calib.cache.json",
-                prepped_path=prepped,
-            )
-
-        proto = onnx.load_model(str(quantized))
-        write_metadata(
-            proto,
-            arch=source.arch,
-            quantization_json=config.to_json(),
-            source_sha256=source.sha256,
-            spec=spec,
-            labels=labels,
-        )
-        onnx.save_model(proto, str(staged_model))
-        _, info = open_session(staged_model)  # read back exactly as a worker will
-
-        is_int8 = config.mode != "fp32"
-        exact = exact_int8(config)
-        rows = {
-            "PyTorch eager FP32": rep.Row("PyTorch eager FP32", _sizes_mb(source.path)),
-            "ONNX FP32": rep.Row("ONNX FP32", _sizes_mb(fp32)),
-        }
-        if is_int8:
-            rows["ONNX INT8"] = rep.Row("ONNX INT8", _sizes_mb(staged_model))
-        y = evaluation.labels
-        rep.fill_accuracy(rows["PyTorch eager FP32"], torch_logits, torch_logits, y)
-        rep.fill_accuracy(rows["ONNX FP32"], fp32_logits, torch_logits, y)
-        decoders = None
-        if is_int8:
-            int8_runner = _onnx_runner(staged_model, rep.all_cores(), exact)
-            int8_logits = _logits(int8_runner, x_eval)
-            rep.fill_accuracy(rows["ONNX INT8"], int8_logits, torch_logits, y)
-            decoders = _decoder_check(
-                evaluation.paths, spec, int8_logits, _torch_runner(model, rep.all_cores()), int8_runner, y
-            )
-        error_sources = None
-        if config.mode == "static":
-            from export import error_sources as errs
-
-            figures = errs.measure(
-                prepped,
-                staged_model,
-                work,
-                lambda path: _logits(_onnx_runner(path, rep.all_cores(), exact), x_eval),
-                torch_logits,
-                int8_logits,
-            )
-            error_sources = errs.describe(figures)
-        if options.benchmark:
-            runners: dict[str, Callable[[int], rep.Runner]] = {
-                "PyTorch eager FP32": lambda t: _torch_runner(model, t),
-                "ONNX FP32": lambda t: _onnx_runner(fp32, t),
-            }
-            if is_int8:
-                runners["ONNX INT8"] = lambda t: _onnx_runner(staged_model, t, exact)
-            _bench_rows(rows, runners, x_eval[:8], options.bench_budget_s)
-
-        ratios = []
-        verdict = None
-        if is_int8:
-            for slow in ("ONNX FP32", "PyTorch eager FP32"):
-                r = rep.speedup(rows["ONNX INT8"], rows[slow])
-                if r is not None:
-                    ratios.append(f"INT8 vs {slow}, batch 8, 1 thread: {r:.2f}x images/s")
-            int8_mb, fp32_mb = _sizes_mb(staged_model), _sizes_mb(fp32)
-            ratios.append(f"INT8 file {int8_mb:.2f} MB = {int8_mb / fp32_mb:.1%} of FP32 ONNX")
-            verdict = rep.gate(rows["ONNX FP32"], rows["ONNX INT8"], options.thresholds)
-        gate_passed = verdict is None or verdict.passed
-        report = {
-            "source": source.describe(),
-            "output": str(output)
-            if (gate_passed or not options.gate)
-            else f"{output} (NOT written: gate refused)",
-            "parity": f"max |logit diff| {parity.max_abs_diff:.1e} (tolerance {parity.atol:.0e}), "
-            f"top-1 equal on "
-            f"{parity.top1_agree}/{parity.images} photos",
-            "quantization": config.describe(),
-            "calibration": f"{len(calib_paths)} images"
-            + (
-                f" from {options.calib_dir}"
-                if options.calib_dir
-                else f" (bundled photo variants, seed {config.calib_seed})"
-            ),
-            "evaluation": evaluation.describe() + "; reference for agreement: PyTorch eager FP32",
-            "decoders": decoders,
-            "error_sources": error_sources,
-            "machine": f"{rep.all_cores()} cores, "
-            + (
-                "x86 without VNNI"
-                if int8_pairs_saturate()
-                else "INT8 sums exact in 32 bits (VNNI or not x86)"
-            )
-            + "; onnxruntime CPU"
-            + ("; INT8 on ORT's exact u8u8 kernels (model not saturation-safe)" if is_int8 and exact else "")
-            + "; latency = p50/p95 of interleaved runs",
-            "rows": [rep.row_dict(r) for r in rows.values()],
-            "ratios": ratios,
-            "auto": auto_info,
-            "gate": None
-            if verdict is None
-            else {
-                "verdict": ("PASSED" if verdict.passed else "REFUSED")
-                + ("" if options.gate else " (gate off)"),
-                "checks": verdict.checks,
-                "thresholds": asdict(options.thresholds),
-            },
-            "config": json.loads(config.to_json()),
-            "graph_sha256": info.graph_sha256,
-            "source_sha256": source.sha256,
-        }
+        report, staged, fp32 = _build_and_measure(source, labels, user_photos, config, options, output, work)
         md_path, json_path = report_paths(output)
-        text = rep.write_report(report, md_path, json_path)
-        if not gate_passed and options.gate:
-            raise rep.GateRefused(
-                "gate refused the INT8 model, nothing written to "
-                f"{output}: {'; '.join(verdict.failures())} (report: {md_path})"  # type: ignore[union-attr]
+        text = report.write(md_path, json_path)
+        if report.gate is not None and report.gate.refuses:
+            failures = "; ".join(report.gate.result.failures())
+            raise GateRefused(
+                f"gate refused the INT8 model, nothing written to {output}: {failures} (report: {md_path})",
+                text,
             )
-        if options.fp32_output is not None:
-            shutil.copyfile(fp32, Path(options.fp32_output))
-        # The work directory sits beside the target, so os.replace is an atomic rename on one
-        # filesystem: readers see the old file or the complete new one, never a partial write.
-        os.replace(staged_model, output)
-        sidecar = quant_json_path(output)
-        tmp_json = work / "quant.json"
-        tmp_json.write_text(config.to_json() + "\n")
-        os.replace(tmp_json, sidecar)
-        return BuildReport(
-            path=output,
-            quant_json=sidecar,
-            fp32_bytes=fp32.stat().st_size,
-            int8_bytes=output.stat().st_size,
-            seconds=time.perf_counter() - started,
-            parity=parity,
-            graph_sha256=info.graph_sha256,
-            report=report,
-            report_text=text,
-        )
+        try:
+            sidecar = _install(staged, fp32, report.config, output, options)
+        except OSError as exc:
+            raise ReportedFailure(_cannot_write(output, exc), text) from exc
+        seconds = time.perf_counter() - started
+        return BuildReport(output, sidecar, fp32.stat().st_size, output.stat().st_size, seconds, report)
     except OSError as exc:
-        raise UserError(f"cannot write model to {output}: {exc.strerror or exc}") from exc
+        raise UserError(_cannot_write(output, exc)) from exc
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(work)

@@ -45,6 +45,12 @@ class ParityReport:
     def ok(self) -> bool:
         return self.max_abs_diff <= self.atol and self.top1_agree == self.images
 
+    def describe(self) -> str:
+        return (
+            f"max |logit diff| {self.max_abs_diff:.1e} (tolerance {self.atol:.0e}), "
+            f"top-1 equal on {self.top1_agree}/{self.images} photos"
+        )
+
 
 def _strip_node_metadata(model: onnx.ModelProto) -> None:
     # The dynamo exporter records stack traces with absolute source paths on every node; drop them

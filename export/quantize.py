@@ -376,16 +376,7 @@ def quantize_int8(
     """
     import shutil
 
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-
     from export.biascorr import apply_bias_deltas
-    from export.saturation import tensor_overrides
 
     spec = spec or PreprocessSpec()
     if config.mode == "fp32":
@@ -394,18 +385,9 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="imgbatch-quant-", dir=output_path.parent) as tmp:
         # Fusing before calibration means ranges are measured on the tensors that will be quantized.
         prepped = prepped_path or prepare(fp32_path, Path(tmp) / "prepped.onnx")
-        reference = prepped  # FP32, same tensor names as the quantized graph
         exclude = resolve_keep_fp32(prepped, config.keep_fp32)
         if config.mode == "dynamic":
-            quantize_dynamic(
-                str(prepped),
-                str(output_path),
-                per_channel=config.per_channel,
-                reduce_range=config.reduce_range,
-                weight_type=QuantType[config.weight_type],
-                nodes_to_exclude=exclude,
-            )
-            return output_path
+            return _quantize_dynamic(prepped, output_path, config, exclude)
         ranges = safe_weight_ranges(prepped, config, skip=exclude)
         rounded, ranges = round_config_weights(
             prepped, Path(tmp) / "rounded.onnx", calib_paths, spec, config, ranges, input_name, skip=exclude
@@ -414,35 +396,65 @@ def quantize_int8(
             deltas = config_bias_deltas(prepped, calib_paths, spec, config, ranges, input_name, rounded)
             rounded = apply_bias_deltas(rounded, Path(tmp) / "corrected.onnx", deltas, skip=exclude)
         if rounded != prepped:
-            prepped = rounded
             cache_path = None  # other weights and biases: other ranges downstream
         reader = PhotoCalibrationReader(calib_paths, spec, input_name, config.calib_batch_size)
-        # ORT's histogram calibrators (Percentile, Entropy, Distribution) print their progress to
-        # stdout; the export report is what the user reads there.
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(
-                str(prepped),
-                str(output_path),
-                calibration_data_reader=reader,
-                quant_format=QuantFormat[config.quant_format],
-                per_channel=config.per_channel,
-                reduce_range=config.reduce_range,
-                activation_type=QuantType[config.activation_type],
-                weight_type=QuantType[config.weight_type],
-                calibrate_method=CalibrationMethod[config.calibrate_method],
-                nodes_to_exclude=exclude,
-                extra_options={
-                    "TensorQuantOverrides": tensor_overrides(ranges),
-                    "OpTypesToExcludeOutputQuantization": ["Gemm"] if config.float_logits else [],
-                },
-                calibration_cache_path=str(cache_path) if cache_path else None,
-                # No CalibMaxIntermediateOutputs: in this ORT the MinMax calibrator *discards* each full
-                # chunk instead of folding it into the ranges, so only the last chunk would count. It is
-                # not needed either: MinMax augments the graph with ReduceMin/ReduceMax and keeps only
-                # two scalars per tensor per batch.
-            )
+        _quantize_static(rounded, output_path, reader, config, exclude, ranges, cache_path)
         if config.measured_bias_correction:
             from export.measured_bias import correct_biases
 
-            correct_biases(output_path, reference, calib_paths, spec, input_name=input_name)
+            # ``prepped`` is the FP32 reference: same tensor names as the quantized graph.
+            correct_biases(output_path, prepped, calib_paths, spec, input_name=input_name)
     return output_path
+
+
+def _quantize_dynamic(prepped: Path, output_path: Path, config: QuantConfig, exclude: list[str]) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(prepped),
+        str(output_path),
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        weight_type=QuantType[config.weight_type],
+        nodes_to_exclude=exclude,
+    )
+    return output_path
+
+
+def _quantize_static(
+    prepped: Path,
+    output_path: Path,
+    reader: PhotoCalibrationReader,
+    config: QuantConfig,
+    exclude: list[str],
+    ranges: dict[str, WeightRange],
+    cache_path: Path | None,
+) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from export.saturation import tensor_overrides
+
+    # ORT's histogram calibrators (Percentile, Entropy, Distribution) print their progress to
+    # stdout; the export report is what the user reads there.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            str(prepped),
+            str(output_path),
+            calibration_data_reader=reader,
+            quant_format=QuantFormat[config.quant_format],
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            activation_type=QuantType[config.activation_type],
+            weight_type=QuantType[config.weight_type],
+            calibrate_method=CalibrationMethod[config.calibrate_method],
+            nodes_to_exclude=exclude,
+            extra_options={
+                "TensorQuantOverrides": tensor_overrides(ranges),
+                "OpTypesToExcludeOutputQuantization": ["Gemm"] if config.float_logits else [],
+            },
+            calibration_cache_path=str(cache_path) if cache_path else None,
+            # No CalibMaxIntermediateOutputs: in this ORT the MinMax calibrator *discards* each full
+            # chunk instead of folding it into the ranges, so only the last chunk would count. It is
+            # not needed either: MinMax augments the graph with ReduceMin/ReduceMax and keeps only
+            # two scalars per tensor per batch.
+        )

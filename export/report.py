@@ -6,16 +6,12 @@ from other processes hits every row alike and the ratios stay meaningful on a bu
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
-
-from imgbatch.core.errors import UserError
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -154,107 +150,3 @@ def gate(fp32: Row, int8: Row, thresholds: Thresholds) -> GateResult:
             )
         )
     return GateResult(all(ok for _, _, ok in checks), checks)
-
-
-class GateRefused(UserError):
-    """The INT8 model failed the gate; nothing was installed at the output path."""
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def markdown(report: dict) -> str:  # type: ignore[type-arg]
-    keys = ("batch", "threads", "p50_ms", "p95_ms", "runs")
-    rows = [
-        Row(**{**r, "latency": [Latency(**{k: lat[k] for k in keys}) for lat in r["latency"]]})
-        for r in report["rows"]
-    ]
-    configs = sorted({(lat.batch, lat.threads) for row in rows for lat in row.latency})
-    lines = [f"# Export report: {report['source']}", ""]
-    for key, label in (
-        ("output", "Output"),
-        ("parity", "Parity (FP32 ONNX vs PyTorch)"),
-        ("quantization", "Quantization"),
-        ("calibration", "Calibration"),
-        ("evaluation", "Evaluation"),
-        ("decoders", "Decoders"),
-        ("error_sources", "Error sources"),
-        ("machine", "Machine"),
-    ):
-        if report.get(key):
-            lines.append(f"- **{label}**: {report[key]}")
-    lines.append("")
-    head = ["model", "size MB"]
-    for batch, threads in configs:
-        head.append(f"b{batch} {threads}T p50/p95 ms")
-    head += [f"img/s b{b} {t}T" for b, t in configs if b == 8]
-    head += ["top-1 agree", "top-5 overlap", "top-1 acc", "top-5 acc"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for row in rows:
-        cells = [row.name, _fmt(row.size_mb, ".2f")]
-        for batch, threads in configs:
-            lat = row.latency_at(batch, threads)
-            cells.append(f"{lat.p50_ms:.1f} / {lat.p95_ms:.1f}" if lat else "-")
-        for batch, threads in configs:
-            if batch == 8:
-                lat = row.latency_at(batch, threads)
-                cells.append(f"{lat.images_per_s:.1f}" if lat else "-")
-        cells += [
-            _fmt(row.top1_agreement, ".1%"),
-            _fmt(row.top5_overlap, ".1%"),
-            _fmt(row.top1_accuracy, ".1%"),
-            _fmt(row.top5_accuracy, ".1%"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    for note in report.get("ratios", []):
-        lines.append(f"- {note}")
-    if report.get("auto"):
-        lines += [
-            "",
-            "## --auto search",
-            "",
-            f"Candidates ranked on {report['auto'].get('search_photos', 'the evaluation photos')}; "
-            "the table above and the gate measure the evaluation photos.",
-            "",
-            "| recipe | FP32 nodes | top-1 agree (search photos) | speed-up b8 1T | passes |",
-            "|---|---|---|---|---|",
-        ]
-        for cand in report["auto"]["candidates"]:
-            lines.append(
-                f"| {cand['name']} | {len(cand['keep_fp32'])} | {cand['agreement']:.1%} | "
-                f"{cand['speedup']:.2f}x | {'yes' if cand['passes'] else 'no'} |"
-            )
-        lines += ["", f"Chosen: {report['auto']['chosen']}"]
-        if report["auto"].get("sensitivity"):
-            lines += ["", "Most sensitive layers (leave-one-out, KL divergence to FP32 saved):", ""]
-            for item in report["auto"]["sensitivity"][:8]:
-                lines.append(f"- {item['node']} ({item['op']}): {item['gain']:+.4f}")
-    gate_info = report.get("gate")
-    if gate_info:
-        lines += ["", f"## Gate: {gate_info['verdict']}", ""]
-        for figure, detail, ok in gate_info["checks"]:
-            lines.append(f"- {'PASS' if ok else 'FAIL'} {figure}: {detail}")
-    return "\n".join(lines) + "\n"
-
-
-def to_json(report: dict) -> str:  # type: ignore[type-arg]
-    return json.dumps(report, indent=2, sort_keys=False, default=str)
-
-
-def row_dict(row: Row) -> dict:  # type: ignore[type-arg]
-    data = asdict(row)
-    for lat, obj in zip(data["latency"], row.latency, strict=True):
-        lat["images_per_s"] = round(obj.images_per_s, 2)
-    return data
-
-
-def write_report(report: dict, md_path: Path, json_path: Path) -> str:  # type: ignore[type-arg]
-    text = markdown(report)
-    for path, content in ((md_path, text), (json_path, to_json(report) + "\n")):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(content)
-        os.replace(tmp, path)
-    return text

@@ -1,8 +1,9 @@
 """imgbatch: batch offline image classification with quantized ONNX models.
 
-This package holds what every stage shares (settings, preprocessing, the model-file
-contract) and the command line; the stages live in the top-level packages
-``export``, ``producer``, ``worker`` and ``db``.
+``imgbatch.core`` is the shared kernel every stage imports (settings, errors, preprocessing, the
+model-file contract); it imports no stage. The stages are the top-level packages ``export``,
+``producer``, ``worker`` and ``db``. On top of them sit the commands: ``imgbatch.cli`` (one module per
+command group), ``imgbatch.bench`` and ``imgbatch.report``. This module imports nothing.
 """
 
 __version__ = "0.1.0"

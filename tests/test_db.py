@@ -1,4 +1,4 @@
-"""Schema and queries on SQLite and PostgreSQL: uniqueness and idempotent persistence."""
+"""Schema, reads and writes on SQLite and PostgreSQL: uniqueness and idempotent persistence."""
 
 from __future__ import annotations
 

@@ -1,0 +1,94 @@
+"""How accurate each model is on the evaluation photos, against PyTorch eager FP32 and the labels.
+
+Besides the per-model figures: whether the workers' fast JPEG decoder moves INT8's accuracy, and
+which half of a static INT8 model's error its weights and its activations cause (export.error_sources).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export import error_sources
+from export.evalset import LabelledSet
+from export.report import Row, Runner, all_cores, fill_accuracy
+from export.runners import ONNX_FP32, ONNX_INT8, TORCH_FP32, ComparedModels, logits, onnx_runner
+from imgbatch.core.preprocess import PreprocessSpec
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    rows: dict[str, Row]  # report row name -> size and accuracy figures, no latency yet
+    decoders: str | None  # fast vs Pillow JPEG decoding (None: no INT8 model or no fast decoder)
+    error_sources: str | None  # INT8 weights vs activations (None: not a static INT8 model)
+
+
+def evaluate(
+    models: ComparedModels,
+    photos: LabelledSet,
+    x: np.ndarray,
+    spec: PreprocessSpec,
+    quantized_from: Path | None,
+    work: Path,
+) -> Evaluation:
+    """Every model's accuracy on ``photos`` (``x``: their tensors).
+
+    ``quantized_from``: the FP32 graph a static INT8 model was quantized from, to split its error in
+    two (hybrid models are written to ``work``); None for other recipes.
+    """
+    cores = all_cores()
+    reference = logits(models.runner(TORCH_FP32, cores), x)
+    rows = models.rows()
+    fill_accuracy(rows[TORCH_FP32], reference, reference, photos.labels)
+    fill_accuracy(rows[ONNX_FP32], logits(models.runner(ONNX_FP32, cores), x), reference, photos.labels)
+    if models.int8 is None:
+        return Evaluation(rows, None, None)
+    int8_runner = models.runner(ONNX_INT8, cores)
+    int8_logits = logits(int8_runner, x)
+    fill_accuracy(rows[ONNX_INT8], int8_logits, reference, photos.labels)
+    torch_runner = models.runner(TORCH_FP32, cores)
+    decoders = decoder_check(photos.paths, spec, int8_logits, torch_runner, int8_runner, photos.labels)
+    if quantized_from is None:
+        return Evaluation(rows, decoders, None)
+    figures = error_sources.measure(
+        quantized_from,
+        models.int8,
+        work,
+        lambda path: logits(onnx_runner(path, cores, models.exact_kernels), x),
+        reference,
+        int8_logits,
+    )
+    return Evaluation(rows, decoders, error_sources.describe(figures))
+
+
+def decoder_check(
+    paths: list[Path],
+    spec: PreprocessSpec,
+    int8_fast: np.ndarray,
+    torch_runner: Runner,
+    int8_runner: Runner,
+    labels: list[int] | None,
+) -> str | None:
+    """Does the workers' fast JPEG decoder (libjpeg-turbo + OpenCV) move accuracy against Pillow?
+
+    The evaluation photos are decoded again by Pillow alone; FP32 on those is the reference for both.
+    ``int8_fast``: INT8 logits on the photos as decoded for the rest of the report (fast path).
+    """
+    from imgbatch.core import preprocess
+
+    if not preprocess.HAVE_FAST_JPEG:
+        return None
+    x_pillow = np.stack([preprocess.load_tensor_pillow(p, spec) for p in paths])
+    reference = logits(torch_runner, x_pillow).argmax(1)
+    fast, pillow = int8_fast.argmax(1), logits(int8_runner, x_pillow).argmax(1)
+    text = (
+        f"INT8 top-1 agreement with FP32 (Pillow decode) {np.mean(fast == reference):.1%} when the photos "
+        f"are decoded the workers' way (JPEG: libjpeg-turbo + OpenCV), {np.mean(pillow == reference):.1%} "
+        f"when Pillow decodes them; same INT8 top-1 under both decoders on {np.mean(fast == pillow):.1%}"
+    )
+    if labels is not None:
+        y = np.asarray(labels)
+        text += f"; top-1 accuracy {np.mean(fast == y):.1%} vs {np.mean(pillow == y):.1%}"
+    return text

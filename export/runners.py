@@ -1,0 +1,79 @@
+"""The models an export compares (PyTorch eager, FP32 ONNX, INT8 ONNX) and how to run each on a batch.
+
+Evaluation, the speed benchmark and the ``--auto`` search all run models through these runners, so
+all three see the same sessions: ONNX models run as workers will run them (``inference_session``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.quantize import QuantConfig
+from export.report import Row, Runner
+from imgbatch.core.cpus import int8_pairs_saturate
+from imgbatch.core.modelfile import inference_session, quantization_is_saturation_safe
+
+TORCH_FP32 = "PyTorch eager FP32"
+ONNX_FP32 = "ONNX FP32"
+ONNX_INT8 = "ONNX INT8"
+
+
+def exact_int8(config: QuantConfig) -> bool:
+    """Whether workers on this CPU will run ``config``'s model on ORT's exact INT8 kernels (modelfile)."""
+    return not quantization_is_saturation_safe(config.to_json()) and int8_pairs_saturate()
+
+
+def onnx_runner(path: Path, threads: int, exact: bool = False) -> Runner:
+    """``exact``: on ORT's exact INT8 kernels (``exact_int8``)."""
+    session = inference_session(path, threads, exact)
+    return lambda x: session.run(None, {"input": x})[0]
+
+
+def torch_runner(model: object, threads: int) -> Runner:
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()  # type: ignore[operator,no-any-return]
+
+    return run
+
+
+def logits(runner: Runner, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    """``runner`` on all of ``x``, ``batch`` images at a time."""
+    return np.concatenate([runner(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def size_mb(path: Path) -> float:
+    return path.stat().st_size / 1e6
+
+
+@dataclass(frozen=True)
+class ComparedModels:
+    """One export's models: the PyTorch source, its FP32 ONNX and (unless the recipe is FP32) its INT8."""
+
+    torch_model: object
+    torch_file: Path
+    fp32: Path
+    int8: Path | None
+    exact_kernels: bool = False  # INT8 on ORT's exact kernels, as workers on this CPU will run it
+
+    def files(self) -> dict[str, Path]:
+        """Model file per report row name, in the report's row order."""
+        files = {TORCH_FP32: self.torch_file, ONNX_FP32: self.fp32}
+        if self.int8 is not None:
+            files[ONNX_INT8] = self.int8
+        return files
+
+    def rows(self) -> dict[str, Row]:
+        """One report row per model, with its file size and no figures yet."""
+        return {name: Row(name, size_mb(path)) for name, path in self.files().items()}
+
+    def runner(self, name: str, threads: int) -> Runner:
+        if name == TORCH_FP32:
+            return torch_runner(self.torch_model, threads)
+        return onnx_runner(self.files()[name], threads, self.exact_kernels and name == ONNX_INT8)
