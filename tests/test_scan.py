@@ -43,12 +43,19 @@ def test_missing_and_non_directory_roots_are_user_errors(tmp_path: Path) -> None
 
 def test_a_tree_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
     """The walk is iterative: 1,500 levels (the recursive walk crashed past about 1,000)."""
-    deep = tmp_path
+    levels = [tmp_path]
     for _ in range(1500):
-        deep = deep / "d"
-        os.mkdir(deep)  # 1,500 * 2 characters: within PATH_MAX (4,096)
-    (deep / "bottom.jpg").write_bytes(b"x")
-    assert [p.endswith("bottom.jpg") for p in scan(resolve_roots([tmp_path]))] == [True]
+        levels.append(levels[-1] / "d")
+        os.mkdir(levels[-1])  # 1,500 * 2 characters: within PATH_MAX (4,096)
+    (levels[-1] / "bottom.jpg").write_bytes(b"x")
+    try:
+        assert [p.endswith("bottom.jpg") for p in scan(resolve_roots([tmp_path]))] == [True]
+    finally:
+        # Removed here, deepest first: pytest's own clean-up of old temp dirs is recursive and
+        # would hit the recursion limit on this tree at the end of a later session.
+        (levels[-1] / "bottom.jpg").unlink()
+        for level in reversed(levels[1:]):
+            os.rmdir(level)
 
 
 def test_fifos_and_dangling_symlinks_are_recorded(tmp_path: Path) -> None:
