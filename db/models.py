@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Enum,
     Float,
@@ -94,6 +95,8 @@ class Image(Base):
     # `ls -b` shows it, a backslash doubled, a byte that is not UTF-8 as \xNN).
     path: Mapped[str] = mapped_column(Text)
     state: Mapped[ImageStatus] = mapped_column(_stored_as_text(ImageStatus, 16), default=ImageStatus.PENDING)
+    # The size the listing reported (object stores list it for free); None: the worker stats the file.
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
     job: Mapped[Job] = relationship(back_populates="images")
     result: Mapped[Result | None] = relationship(back_populates="image", uselist=False)
@@ -127,6 +130,8 @@ class Result(Base):
     batch_size: Mapped[int] = mapped_column(Integer, default=1)
     worker: Mapped[str] = mapped_column(String(255))
     model_sha256: Mapped[str] = mapped_column(String(64))
+    # The inference runtime that produced this row: "onnxruntime" or "openvino".
+    runtime: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     image: Mapped[Image] = relationship(back_populates="result")

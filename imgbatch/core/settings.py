@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,12 @@ class Settings(BaseSettings):
     db_retry_s: float = Field(default=60.0, ge=0)
     # Image rows per transaction while a submit scans (SQLite's write lock is held that long).
     scan_chunk: int = Field(default=2000, ge=1, le=10_000)
+    # Inference runtime: "auto" picks OpenVINO where it is installed and measured faster for the
+    # model on this CPU, onnxruntime (the reference) otherwise.
+    runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    # "exact": tensors bit-identical to the reference preprocessing (full decode, Pillow's resize
+    # and crop); "fast": DCT-scaled decode and OpenCV resize, approximate.
+    decode: Literal["exact", "fast"] = "exact"
     # Worker tuning; 0 means derive from the CPUs this process may use.
     worker_concurrency: int = Field(default=0, ge=0)
     ort_threads: int = Field(default=0, ge=0)
