@@ -81,6 +81,7 @@ def run(
                 "IMGBATCH_DATABASE_URL": settings.db_url,
                 "IMGBATCH_MODEL": str(model_path),
                 "IMGBATCH_DATA_DIR": str(settings.data_dir),
+                "IMGBATCH_DECODE": settings.decode,
             }
         )
         proc = stack.enter_context(worker_processes(workers, env, log_path))

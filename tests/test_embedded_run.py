@@ -91,3 +91,31 @@ def test_ctrl_c_stops_workers_and_redis(tmp_path: Path, model_path: Path) -> Non
     out = " ".join(again.stdout.split())
     assert "Resuming unfinished job" in out
     assert f"400 images, 400 ok, 0 errors ({400 - kept} in this run)" in out, out
+
+
+def test_workers_decode_as_the_run_says(tmp_path: Path, model_path: Path) -> None:
+    """`--decode` (and IMGBATCH_DECODE) reach the worker processes: the stored score of a 12 MP photo,
+    where the two decoders' inputs differ by a few pixel levels, is the one the chosen decoder gives."""
+    from PIL import Image
+
+    from imgbatch.core.samples import load_photo
+    from worker.classify import Classifier
+
+    photos = tmp_path / "big"
+    photos.mkdir()
+    path = photos / "motorcycle.jpg"
+    load_photo("motorcycle").resize((4032, 3024), Image.Resampling.BICUBIC).save(path, quality=90)
+    expected = {
+        decode: Classifier.load(model_path, 1, decode=decode).classify([str(path)])[0].top[0][2]  # type: ignore[index]
+        for decode in ("exact", "fast")
+    }
+    assert abs(expected["exact"] - expected["fast"]) > 1e-3, expected
+    for decode, args in (("exact", []), ("fast", ["--decode", "fast"])):
+        env = imgbatch_env(tmp_path / decode, IMGBATCH_MODEL=str(model_path), IMGBATCH_RUNTIME="onnxruntime")
+        proc = run_cli(["run", str(photos), "--workers", "1", *args], env)
+        assert proc.returncode == 0, proc.stderr
+        db = make_engine(f"sqlite:///{tmp_path / decode / 'data' / 'imgbatch.db'}")
+        with session_factory(db)() as session:
+            score = session.scalar(select(Result.score))
+        db.dispose()
+        assert score is not None and abs(score - expected[decode]) < 1e-4, (decode, score, expected)

@@ -1,4 +1,5 @@
-"""The shared preprocessing: exact numbers, orientation, odd modes, and refusals with reasons."""
+"""The shared preprocessing: the exact decoder against the reference bit for bit, the fast decoder
+within a stated tolerance, orientation, odd modes, and refusals with reasons."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgbatch.core.preprocess import ImageDecodeError, PreprocessSpec, load_tensor, open_image, to_tensor
+from imgbatch.core.preprocess import (
+    Decoder,
+    ImageDecodeError,
+    PreprocessSpec,
+    load_reference_tensor,
+    load_tensor,
+    open_image,
+    to_tensor,
+)
 
 SPEC = PreprocessSpec()
 
@@ -161,9 +170,10 @@ def test_fast_path_matches_pillow_on_real_photos(real_jpegs: list[Path]) -> None
         assert diff <= MEAN_DIFF_PER_IMAGE, (path.name, diff)
         diffs.append(diff)
     assert float(np.mean(diffs)) <= MEAN_DIFF_OVER_SET, diffs
-    # load_tensor takes the fast path for these files.
+    # load_tensor(decode="fast") takes the fast path for these files.
     np.testing.assert_array_equal(
-        load_tensor(real_jpegs[0], SPEC), preprocess._load_jpeg_fast(real_jpegs[0], SPEC, 10**9)
+        load_tensor(real_jpegs[0], SPEC, decode="fast"),
+        preprocess._load_jpeg_fast(real_jpegs[0], SPEC, 10**9),
     )
 
 
@@ -171,13 +181,14 @@ def test_exif_orientations_match_pillow(real_jpegs: list[Path]) -> None:
     from imgbatch.core.preprocess import exif_orientation
 
     rotated = [p for p in real_jpegs if "orientation" in p.name]
-    upright = load_tensor(rotated[0], SPEC)
+    upright = load_tensor(rotated[0], SPEC, decode="fast")
     for path in rotated:
         assert exif_orientation(path.read_bytes()) == int(path.stem[-1])
         # Same pixels as Pillow's exif_transpose, and each orientation really is a different view.
-        assert _levels(load_tensor(path, SPEC), _pillow(path)) <= MEAN_DIFF_PER_IMAGE
+        fast = load_tensor(path, SPEC, decode="fast")
+        assert _levels(fast, _pillow(path)) <= MEAN_DIFF_PER_IMAGE
         if path != rotated[0]:
-            assert _levels(load_tensor(path, SPEC), upright) > 5 * MEAN_DIFF_PER_IMAGE
+            assert _levels(fast, upright) > 5 * MEAN_DIFF_PER_IMAGE
 
 
 def test_fast_and_pillow_give_the_same_top1_on_the_sample_photos(model_path: Path, photo_dir: Path) -> None:
@@ -195,7 +206,12 @@ def test_fast_and_pillow_give_the_same_top1_on_the_sample_photos(model_path: Pat
     name = session.get_inputs()[0].name
     paths = sorted(photo_dir.glob("*.jpg"))
     logits = session.run(
-        None, {name: np.stack([_pillow(p) for p in paths] + [load_tensor(p, info.preprocess) for p in paths])}
+        None,
+        {
+            name: np.stack(
+                [_pillow(p) for p in paths] + [load_tensor(p, info.preprocess, decode="fast") for p in paths]
+            )
+        },
     )[0]
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
@@ -217,14 +233,15 @@ def test_grayscale_and_cmyk_jpegs_fall_back_to_pillow(tmp_path: Path, mode: str)
     path = tmp_path / f"{mode}.jpg"
     Image.new("RGB", (320, 280), (10, 200, 30)).convert(mode).save(path, "JPEG")
     assert preprocess._load_jpeg_fast(path, SPEC, preprocess.DEFAULT_MAX_PIXELS) is None
-    np.testing.assert_array_equal(load_tensor(path, SPEC), _pillow(path))
+    np.testing.assert_array_equal(load_tensor(path, SPEC, decode="fast"), _pillow(path))
 
 
-def test_fast_path_keeps_the_pixel_limit_and_its_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decode", ["exact", "fast"])
+def test_both_decoders_keep_the_pixel_limit_and_its_reason(tmp_path: Path, decode: Decoder) -> None:
     path = tmp_path / "big.jpg"
     Image.new("RGB", (3000, 2000), (90, 90, 90)).save(path, quality=80)
     with pytest.raises(ImageDecodeError, match="too many pixels: 3000x2000 exceeds the limit of 1000000"):
-        load_tensor(path, SPEC, max_pixels=1_000_000)
+        load_tensor(path, SPEC, max_pixels=1_000_000, decode=decode)
 
 
 @pytest.mark.parametrize(
@@ -246,3 +263,123 @@ def test_both_decoders_scale_large_jpegs_by_the_same_factor(tmp_path: Path, size
     )
     assert open_image(path, SPEC).size == (decoded.shape[1], decoded.shape[0])
     assert min(decoded.shape[:2]) >= SPEC.resize or factor == 1
+
+
+# ---------------------------------------------------------------------------- the exact decoder
+# The default decoder must give the reference tensor bit for bit (np.array_equal) for every image
+# whose shorter side is under 4x the resize; larger JPEGs are decoded at a reduced DCT scale that
+# keeps 2x the resize, and differ from the full-decode reference by less than this (pixel levels of
+# 255, mean over the tensor; measured 0.1-0.5 on photos upscaled to 1600-4032 px).
+EXACT_SCALED_MEAN_DIFF = 1.0
+
+
+@pytest.fixture(scope="module")
+def exact_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """scikit-image's photos as baseline JPEGs, and the same photos in every form a camera, a scanner
+    or a web page produces: EXIF-rotated, grayscale, CMYK, progressive, other chroma subsamplings,
+    just under 4x the resize, PNG with and without alpha."""
+    from imgbatch.core.samples import load_photo, write_photos
+
+    directory = tmp_path_factory.mktemp("exact")
+    cases = {p.stem: p for p in write_photos(directory) if p.stem != "retina"}  # retina: 1411 px, scaled
+    motorcycle = load_photo("motorcycle")
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        cases[f"orientation-{orientation}"] = directory / f"orientation-{orientation}.jpg"
+        motorcycle.save(cases[f"orientation-{orientation}"], exif=exif, quality=90)
+    saves = {
+        "grayscale": (load_photo("astronaut").convert("L"), {}),
+        "cmyk": (load_photo("coffee").convert("CMYK"), {}),
+        "progressive": (load_photo("rocket"), {"progressive": True, "quality": 85}),
+        "subsampling-444": (load_photo("cat"), {"subsampling": 0}),
+        "subsampling-422": (load_photo("cat"), {"subsampling": 1}),
+        "under-4x": (load_photo("coffee").resize((1530, 1020), Image.Resampling.BICUBIC), {}),
+        "grayscale-rotated-3": (load_photo("cat").convert("L"), {"exif": _exif(3)}),
+    }
+    for name, (img, options) in saves.items():
+        cases[name] = directory / f"{name}.jpg"
+        img.save(cases[name], "JPEG", **options)
+    cases["png"] = directory / "rocket.png"
+    load_photo("rocket").save(cases["png"])
+    cases["png-alpha"] = directory / "cat-alpha.png"
+    load_photo("cat").convert("RGBA").save(cases["png-alpha"])
+    return cases
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def test_exact_decoder_is_bit_identical_to_the_reference(exact_cases: dict[str, Path]) -> None:
+    for name, path in exact_cases.items():
+        exact = load_tensor(path, SPEC)  # the default decoder
+        assert exact.shape == (3, 224, 224) and exact.dtype == np.float32 and exact.flags.c_contiguous
+        assert np.array_equal(exact, load_reference_tensor(path, SPEC)), name
+        assert np.array_equal(exact, load_tensor(path, SPEC, decode="exact")), name
+
+
+def test_exact_decoder_takes_libjpeg_turbo_for_plain_jpegs_and_pillow_for_the_rest(
+    exact_cases: dict[str, Path],
+) -> None:
+    """The bit-identity above covers both routes: plain YCbCr JPEGs (any subsampling, progressive,
+    EXIF-rotated) through simplejpeg, grayscale and CMYK JPEGs and PNGs through Pillow."""
+    from imgbatch.core import preprocess
+
+    via_pillow = {"grayscale", "cmyk", "grayscale-rotated-3", "png", "png-alpha"}
+    for name, path in exact_cases.items():
+        img = preprocess._decode_jpeg_exact(path.read_bytes(), SPEC, preprocess.DEFAULT_MAX_PIXELS)
+        assert (img is None) == (name in via_pillow), name
+
+
+def test_exact_decoder_applies_every_exif_orientation(exact_cases: dict[str, Path]) -> None:
+    upright = load_tensor(exact_cases["orientation-1"], SPEC)
+    tensors = [load_tensor(exact_cases[f"orientation-{o}"], SPEC) for o in range(1, 9)]
+    # Each orientation is a different view of the photo (the bit-identity test says it is the right one).
+    assert all(not np.array_equal(t, upright) for t in tensors[1:])
+    with Image.open(exact_cases["orientation-6"]) as img:  # stored landscape, shown portrait
+        assert img.width > img.height
+    assert np.array_equal(tensors[5], load_reference_tensor(exact_cases["orientation-6"], SPEC))
+
+
+@pytest.mark.parametrize(("size", "factor"), [((1650, 1100), 2), ((3000, 2000), 2), ((4032, 3024), 4)])
+def test_oversized_jpegs_are_dct_scaled_to_2x_and_stay_close(
+    tmp_path: Path, size: tuple[int, int], factor: int
+) -> None:
+    """The documented exception: JPEGs 4x (or more) larger than needed are decoded at 1/2, 1/4 or 1/8
+    scale, never below twice the resize, and stay within a stated bound of the full decode."""
+    from imgbatch.core import preprocess
+    from imgbatch.core.samples import load_photo
+
+    path = tmp_path / "oversized.jpg"
+    load_photo("motorcycle").resize(size, Image.Resampling.BICUBIC).save(path, quality=90)
+    assert preprocess.exact_factor(*size, SPEC) == factor
+    decoded = preprocess._decode_jpeg_exact(path.read_bytes(), SPEC, preprocess.DEFAULT_MAX_PIXELS)
+    assert decoded is not None and decoded.size == (-(-size[0] // factor), -(-size[1] // factor))
+    assert min(decoded.size) >= 2 * SPEC.resize
+    exact, reference = load_tensor(path, SPEC), load_reference_tensor(path, SPEC)
+    assert 0 < _levels(exact, reference) <= EXACT_SCALED_MEAN_DIFF
+    # A grayscale one takes Pillow's draft at the same scale, within the same bound.
+    gray = tmp_path / "oversized-gray.jpg"
+    load_photo("motorcycle").convert("L").resize(size).save(gray, quality=90)
+    assert _levels(load_tensor(gray, SPEC), load_reference_tensor(gray, SPEC)) <= EXACT_SCALED_MEAN_DIFF
+
+
+def test_reference_is_torchvision_resize_and_center_crop() -> None:
+    """The reference's sizes and crop offsets are torchvision's Resize(256) + CenterCrop(224) on a
+    Pillow image: shorter side to 256, longer int(256 * long / short), crop at round((size - 224) / 2)."""
+    from imgbatch.core.preprocess import reference_crop
+
+    # A 501 x 333 image: resized to 385 x 256 (int(385.1)), cropped at x = round(80.5) = 80 (banker's).
+    ramp = np.tile(np.arange(501, dtype=np.float64) * 255 / 500, (333, 1)).round().astype(np.uint8)
+    img = Image.fromarray(np.stack([ramp] * 3, axis=2))
+    resized = np.asarray(img.resize((385, 256), Image.Resampling.BILINEAR))[16:240, 80:304]
+    expected = (resized.transpose(2, 0, 1).astype(np.float32) / 255 - 0.498) / 0.502
+    np.testing.assert_allclose(reference_crop(img, SPEC), expected, atol=1e-6)
+
+
+def test_unknown_decoder_is_refused(photo_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unknown decoder 'draft'"):
+        load_tensor(photo_dir / "cat.jpg", SPEC, decode="draft")  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ import numpy as np
 
 from imgbatch.core.files import DEFAULT_MAX_FILE_BYTES, TransientFileError, read_image_file
 from imgbatch.core.modelfile import ModelInfo, open_session
-from imgbatch.core.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_tensor
+from imgbatch.core.preprocess import DEFAULT_MAX_PIXELS, Decoder, ImageDecodeError, decode_tensor
 
 TOP_K = 5
 # Images per onnxruntime call. A task message may carry more paths (fewer Redis round trips, fewer
@@ -87,12 +87,14 @@ class Classifier:
         infer_batch: int = INFER_BATCH,
         max_bytes: int = DEFAULT_MAX_FILE_BYTES,
         timeout_s: float = 60.0,
+        decode: Decoder = "exact",
     ) -> None:
         self.session = session
         self.info = info
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.decode_with: Decoder = decode
         self.infer_batch = max(1, infer_batch)
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
@@ -105,9 +107,10 @@ class Classifier:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int = DEFAULT_MAX_FILE_BYTES,
         timeout_s: float = 60.0,
+        decode: Decoder = "exact",
     ) -> Classifier:
         session, info = open_session(model_path, intra_op_threads)
-        return cls(session, info, max_pixels, max_bytes=max_bytes, timeout_s=timeout_s)
+        return cls(session, info, max_pixels, max_bytes=max_bytes, timeout_s=timeout_s, decode=decode)
 
     def decode(self, path: str) -> np.ndarray | Prediction:
         """The model input of one file, or its outcome when it has none."""
@@ -115,7 +118,10 @@ class Classifier:
         try:
             with image_timer(self.timeout_s):
                 return decode_tensor(
-                    read_image_file(path, self.max_bytes), self.info.preprocess, self.max_pixels
+                    read_image_file(path, self.max_bytes),
+                    self.info.preprocess,
+                    self.max_pixels,
+                    self.decode_with,
                 )
         except ImageDecodeError as exc:
             return Prediction(path, _ms_since(start), error=str(exc))

@@ -64,6 +64,7 @@ def load_classifier(settings: Settings, model_path: Path | str) -> Classifier:
         settings.max_pixels,
         max_bytes=settings.max_file_bytes,
         timeout_s=settings.image_timeout_s,
+        decode=settings.decode,
     )
 
 

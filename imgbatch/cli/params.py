@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -31,3 +31,12 @@ WaitFlag = Annotated[
     bool, typer.Option("--wait", metavar="", help="Wait with a progress bar until the job is done.")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", metavar="", help="JSON, for machines.")]
+DecodeOpt = Annotated[
+    Literal["exact", "fast"] | None,
+    typer.Option(
+        "--decode",
+        metavar="exact|fast",
+        help="Decoder: exact (bit-identical to the reference preprocessing) or fast (approximate); "
+        "default IMGBATCH_DECODE or exact.",
+    ),
+]

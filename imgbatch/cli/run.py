@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from imgbatch.cli.console import console, err_console, progress_bar, session, sessions, settings
-from imgbatch.cli.params import BatchOpt, JobArg, ModelOpt, NewFlag, WaitFlag
+from imgbatch.cli.params import BatchOpt, DecodeOpt, JobArg, ModelOpt, NewFlag, WaitFlag
 from imgbatch.core.errors import UserError
 from imgbatch.core.names import shown
 
@@ -39,6 +39,7 @@ def run(
     model: ModelOpt = None,
     batch_size: BatchOpt = None,
     new: NewFlag = False,
+    decode: DecodeOpt = None,
 ) -> None:
     """Classify directories here and now, then print a summary.
 
@@ -51,6 +52,8 @@ def run(
     from producer.embedded import run as run_embedded
 
     config = settings()
+    if decode:
+        config = config.model_copy(update={"decode": decode})
     dirs: list[str | Path] = list(directories or []) or [_sample_dir(config)]
     bar = progress_bar()  # started once the job is recorded: a bad directory prints its one line only
     task = bar.add_task("classifying", total=None)
@@ -328,6 +331,7 @@ def worker(
     loglevel: Annotated[
         str, typer.Option("--loglevel", "-l", metavar="LEVEL", help="DEBUG, INFO, WARNING...")
     ] = "INFO",
+    decode: DecodeOpt = None,
 ) -> None:
     """Run a Celery worker.
 
@@ -337,7 +341,8 @@ def worker(
     """
     from worker.main import start_worker
 
-    start_worker(settings(), concurrency, loglevel)
+    config = settings()
+    start_worker(config.model_copy(update={"decode": decode}) if decode else config, concurrency, loglevel)
 
 
 def samples(

@@ -1,17 +1,27 @@
-"""The one preprocessing definition: calibration, validation and workers all call these functions.
+"""The one preprocessing definition: calibration, evaluation and workers all call ``load_tensor`` /
+``decode_tensor``.
 
 The parameters travel inside the ONNX file (``PreprocessSpec`` as JSON in ``metadata_props``), so a
 worker preprocesses exactly as the model was calibrated, whatever model it is given.
 
-``load_tensor`` has two decoders for the same definition: JPEGs in YCbCr/RGB go through libjpeg-turbo
-(``simplejpeg``, with its DCT-domain 1/2, 1/4, 1/8 scaling) and OpenCV's resize (`imgbatch bench`,
-mixed photo set: 4.1 instead of 5.8 ms/image per process); everything else (PNG, grayscale or CMYK
-JPEGs, damaged files, anything the fast path is unsure about) goes through Pillow (``open_image`` +
-``to_tensor``). Both apply the same
-steps: refuse oversized images before decoding, decode at the same reduced scale, resize the shorter
-side to ``resize`` with an antialiased filter, center-crop ``crop``, apply the EXIF orientation,
-normalize. Which decoder ran is an implementation choice, not a model property, so it is not part of
-``PreprocessSpec``; tests hold the two tensors to a stated tolerance and equal top-1.
+The reference (``reference_tensor``) is torchvision's ``Resize(resize)`` + ``CenterCrop(crop)`` on a
+Pillow image: full decode, EXIF orientation, RGB, shorter side resized to ``resize`` with Pillow's
+antialiased filter, centre crop with torchvision's rounding, then (x/255 - mean) / std.
+
+Two decoders implement it (``IMGBATCH_DECODE``); which one ran is an implementation choice, not a
+model property, so it is not part of ``PreprocessSpec``:
+
+- ``exact`` (default): tensors bit-identical to the reference for every image whose shorter side is
+  under 4x ``resize`` (tests hold them with ``np.array_equal``). Plain JPEGs are decoded in full by
+  libjpeg-turbo (``simplejpeg``, the same pixels as Pillow's decoder, faster), then resized and
+  cropped by Pillow exactly as the reference does. Larger JPEGs are decoded at 1/2, 1/4 or 1/8 scale
+  in the DCT domain, never below 2x ``resize`` (their full decode would dominate the cost): close
+  to the reference, not identical (measured in tests/test_preprocess.py and docs/quantization.md).
+- ``fast``: DCT-scaled decode down to ``resize`` and OpenCV's resize with emulated antialiasing:
+  about 1 level of 255 from the reference on average (mixed photo set: 4.1 instead of 5.8 ms/image).
+
+Both refuse oversized images before decoding and send anything unusual (PNG, grayscale or CMYK
+JPEGs, damaged files, an EXIF block they cannot read) through Pillow, so error reasons are the same.
 """
 
 from __future__ import annotations
@@ -48,7 +58,21 @@ FAST_JPEG = HAVE_FAST_JPEG
 DEFAULT_MAX_PIXELS = 80_000_000
 
 
-__all__ = ["DEFAULT_MAX_FILE_BYTES", "ImageDecodeError", "PreprocessSpec", "load_tensor", "open_image"]
+Decoder = Literal["exact", "fast"]
+DECODERS: tuple[Decoder, ...] = ("exact", "fast")
+
+__all__ = [
+    "DECODERS",
+    "DEFAULT_MAX_FILE_BYTES",
+    "Decoder",
+    "ImageDecodeError",
+    "PreprocessSpec",
+    "decode_tensor",
+    "load_reference_tensor",
+    "load_tensor",
+    "open_image",
+    "reference_tensor",
+]
 
 
 @dataclass(frozen=True)
@@ -95,9 +119,21 @@ _INTERPOLATION = {
 
 
 def draft_factor(width: int, height: int, spec: PreprocessSpec) -> int:
-    """The JPEG DCT scaling (1, 2, 4 or 8) both decoders use: the largest that keeps the shorter side
-    at least ``resize``, and only for images more than twice as large as needed (Pillow's ``draft``)."""
-    scale = spec.resize / min(width, height)
+    """The JPEG DCT scaling (1, 2, 4 or 8) of the fast decoder, in both its libraries: the largest
+    that keeps the shorter side at least ``resize`` (Pillow's ``draft`` rule)."""
+    return dct_factor(width, height, spec.resize)
+
+
+def exact_factor(width: int, height: int, spec: PreprocessSpec) -> int:
+    """The DCT scaling of the exact decoder: the decoded image keeps at least twice the shorter side
+    the model needs, so images under 4x ``resize`` are decoded in full (and are bit-exact)."""
+    return dct_factor(width, height, 2 * spec.resize)
+
+
+def dct_factor(width: int, height: int, short_side: int) -> int:
+    """The largest of 8, 4, 2, 1 that Pillow's ``draft`` picks for a request of ``short_side`` on the
+    shorter side; 1 unless the image is more than twice as large as the request."""
+    scale = short_side / min(width, height)
     if scale >= 0.5:
         return 1
     want_w, want_h = math.ceil(width * scale), math.ceil(height * scale)
@@ -115,11 +151,21 @@ def open_image(
 
     Raises ImageDecodeError with a short reason for anything that is not a usable image.
     """
-    return decode_image(read_image_file(path, max_bytes), spec, max_pixels)
+    return decode_image(read_image_file(path, max_bytes), spec, max_pixels, draft_short=spec.resize)
 
 
-def decode_image(data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """`open_image` of a file already read into memory."""
+def decode_image(
+    data: bytes,
+    spec: PreprocessSpec,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    draft_short: int | None,
+) -> Image.Image:
+    """`open_image` of a file already read into memory.
+
+    ``draft_short``: JPEGs more than twice this size on their shorter side are decoded at 1/2, 1/4
+    or 1/8 scale, never below it; None: a full decode.
+    """
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
@@ -132,12 +178,12 @@ def decode_image(data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MA
             raise ImageDecodeError(
                 f"too many pixels: {img.width}x{img.height} exceeds the limit of {max_pixels}"
             )
-        if img.format == "JPEG":
+        if img.format == "JPEG" and draft_short is not None:
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is much larger than needed:
             # most of the decode cost of multi-megapixel photos disappears, and the result is still
-            # at least `resize` on its shorter side.
-            scale = spec.resize / min(img.width, img.height)
-            if scale < 0.5:  # Pillow picks the factor that `draft_factor` computes for the fast path
+            # at least `draft_short` on its shorter side.
+            scale = draft_short / min(img.width, img.height)
+            if scale < 0.5:  # Pillow picks the factor that `dct_factor` computes for simplejpeg
                 img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
         img.load()
         # In place: without it, exif_transpose returns a full copy of every image it does not rotate
@@ -209,29 +255,129 @@ def load_tensor(
     spec: PreprocessSpec,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    decode: Decoder = "exact",
 ) -> np.ndarray:
-    """File -> model input row. The single path used by calibration, validation and workers."""
-    return decode_tensor(read_image_file(path, max_bytes), spec, max_pixels)
+    """File -> model input row. The single path used by calibration, evaluation and workers."""
+    return decode_tensor(read_image_file(path, max_bytes), spec, max_pixels, decode)
 
 
-def decode_tensor(data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """File contents -> model input row: the fast JPEG path when it is sure, else Pillow."""
+def decode_tensor(
+    data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS, decode: Decoder = "exact"
+) -> np.ndarray:
+    """File contents -> model input row with the chosen decoder (see the module's docstring)."""
+    if decode == "exact":
+        img = _decode_jpeg_exact(data, spec, max_pixels) if HAVE_FAST_JPEG else None
+        if img is None:
+            img = decode_image(data, spec, max_pixels, draft_short=2 * spec.resize)
+        return reference_crop(img, spec)
+    if decode != "fast":
+        raise ValueError(f"unknown decoder {decode!r}; known: {', '.join(DECODERS)}")
     if FAST_JPEG:
         tensor = _decode_jpeg_fast(data, spec, max_pixels)
         if tensor is not None:
             return tensor
-    return to_tensor(decode_image(data, spec, max_pixels), spec)
+    return to_tensor(decode_image(data, spec, max_pixels, draft_short=spec.resize), spec)
+
+
+def reference_tensor(data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The definition the decoders are held to: Pillow alone, full decode whatever the size."""
+    return reference_crop(decode_image(data, spec, max_pixels, draft_short=None), spec)
+
+
+def load_reference_tensor(
+    path: str | Path, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """`reference_tensor` of a file."""
+    return reference_tensor(read_image_file(path), spec, max_pixels)
+
+
+def reference_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """Upright RGB image -> model input, as torchvision's ``Resize(resize)``, ``CenterCrop(crop)``,
+    ``ToTensor``, ``Normalize`` do on a Pillow image (the same sizes, rounding and Pillow filter)."""
+    w, h = img.size
+    size = (spec.resize, int(spec.resize * h / w)) if w <= h else (int(spec.resize * w / h), spec.resize)
+    # The whole image is resized, then cropped: Pillow's resize with a crop box computes its filter
+    # positions differently in floating point, which moves a few pixels by one level.
+    resized = img.resize(size, _INTERPOLATION[spec.interpolation])
+    left = int(round((size[0] - spec.crop) / 2.0))
+    top = int(round((size[1] - spec.crop) / 2.0))
+    out = resized.crop((left, top, left + spec.crop, top + spec.crop))
+    return _normalize(np.asarray(out), spec)
 
 
 def load_tensor_pillow(
     path: str | Path, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    """The same tensor through Pillow alone: every format, and the reference the fast path is held to."""
+    """The fast decoder's definition through Pillow alone (DCT-scaled decode, resize with a crop box):
+    what its libjpeg-turbo + OpenCV route is held to."""
     return to_tensor(open_image(path, spec, max_pixels), spec)
 
 
-# ---------------------------------------------------------------------------- fast JPEG path
+# ---------------------------------------------------------------------------- exact JPEG path
 _JPEG_SOI = b"\xff\xd8"
+# Pillow's transpose for each EXIF orientation, as ImageOps.exif_transpose applies it.
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _decode_jpeg_exact(data: bytes, spec: PreprocessSpec, max_pixels: int) -> Image.Image | None:
+    """A plain YCbCr/RGB JPEG decoded by libjpeg-turbo into an upright RGB Pillow image, or None: use
+    Pillow. Full decode (the same pixels as Pillow's) unless the image is 4x larger than needed.
+
+    The orientation is applied before the resize, as the reference does: Pillow's resize rounds
+    between its horizontal and vertical passes, so rotating afterwards would differ by one level.
+    """
+    header = _plain_jpeg_header(data, max_pixels)
+    if header is None:
+        return None
+    width, height, orientation = header
+    factor = exact_factor(width, height, spec)
+    rgb = _simplejpeg_decode(data, width, height, factor)
+    if rgb is None:
+        return None
+    img = Image.fromarray(rgb, "RGB")
+    method = _EXIF_TRANSPOSE.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
+def _plain_jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int, int] | None:
+    """(width, height, EXIF orientation) of a YCbCr/RGB JPEG within the pixel limit, else None."""
+    if data[:2] != _JPEG_SOI:
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("YCbCr", "RGB") or width * height > max_pixels or min(width, height) < 1:
+        return None
+    orientation = exif_orientation(data)
+    if orientation is None:
+        return None
+    return width, height, orientation
+
+
+def _simplejpeg_decode(data: bytes, width: int, height: int, factor: int) -> np.ndarray | None:
+    try:
+        rgb: np.ndarray = simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB",
+            min_height=math.ceil(height / factor),
+            min_width=math.ceil(width / factor),
+            min_factor=factor,
+        )
+    except ValueError:
+        return None  # truncated or corrupt: Pillow gives the reason
+    return rgb
+
+
+# ---------------------------------------------------------------------------- fast JPEG path
 _CV2_INTERPOLATION = {"bilinear": 1, "bicubic": 2, "nearest": 0}  # cv2.INTER_LINEAR, _CUBIC, _NEAREST
 
 
@@ -246,28 +392,13 @@ def _decode_jpeg_fast(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.
     Returns None for anything unusual (not a JPEG, grayscale/CMYK, over the pixel limit, damaged,
     an EXIF block it cannot read), so that Pillow decides and the error reasons stay the same.
     """
-    if data[:2] != _JPEG_SOI:
+    header = _plain_jpeg_header(data, max_pixels)
+    if header is None:
         return None
-    try:
-        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
+    width, height, orientation = header
+    rgb = _simplejpeg_decode(data, width, height, draft_factor(width, height, spec))
+    if rgb is None:
         return None
-    if colorspace not in ("YCbCr", "RGB") or width * height > max_pixels or min(width, height) < 1:
-        return None
-    orientation = exif_orientation(data)
-    if orientation is None:
-        return None
-    factor = draft_factor(width, height, spec)
-    try:
-        rgb = simplejpeg.decode_jpeg(
-            data,
-            colorspace="RGB",
-            min_height=math.ceil(height / factor),
-            min_width=math.ceil(width / factor),
-            min_factor=factor,
-        )
-    except ValueError:
-        return None  # truncated or corrupt: Pillow gives the reason
     return _normalize(_orient(_resize_crop(rgb, spec), orientation), spec)
 
 
