@@ -27,7 +27,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
         [
             "bench", str(images), "--images", "40", "--workers", "1", "--batch-sizes", "8",
             "--model", str(model_path), "--fp32-model", str(model_path), "--work-dir", str(work), "--json",
-            "--ray",
+            "--ray", "--decodes", "exact,fast",
         ],
         imgbatch_env(tmp_path),
         timeout=240,
@@ -36,11 +36,12 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     result = json.loads(proc.stdout)
 
     assert result["image_set"]["images"] == 40 and len(list(images.iterdir())) == 40
-    for mode in ("model", "pillow", "fast"):
+    for mode in ("model", "pillow", "exact", "fast"):
         bare = result["bare"][mode]
         assert bare["images"] + bare["errors"] == 40 and _positive(bare["images_per_s"]), bare
-    [run] = result["pipeline"]
-    assert (run["label"], run["workers"], run["batch_size"]) == ("int8", 1, 8)
+    run, fast_run = result["pipeline"]  # the decoder is a dimension of the grid
+    assert (run["label"], run["decode"], run["workers"], run["batch_size"]) == ("int8", "exact", 1, 8)
+    assert (fast_run["decode"], fast_run["results"]) == ("fast", 40)
     assert run["images"] == run["results"] == 40 and run["pending"] == 0
     assert _positive(run["images_per_s"]) and _positive(run["seconds"])
     assert set(run["stages"]) == STAGES
@@ -55,10 +56,10 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     # Ray Data ran the same 40 files through the workers' Classifier: every one came back, the
     # decodable ones with a label (as many as the bare loop decoded).
     ray = result["bare"]["ray"]
-    assert ray["images"] == 40 and ray["classified"] == result["bare"]["fast"]["images"], ray
+    assert ray["images"] == 40 and ray["classified"] == result["bare"]["exact"]["images"], ray
     assert _positive(ray["images_per_s"]) and _positive(ray["images_per_s_with_startup"])
     names = (
-        "pipeline_vs_bare_pillow", "pipeline_vs_bare_fast", "int8_vs_fp32", "pipeline_vs_ray",
+        "pipeline_vs_bare_pillow", "pipeline_vs_bare_own_decode", "int8_vs_fp32", "pipeline_vs_ray",
         "int8_vs_fp32_inference", "int8_vs_fp32_ceiling",
     )  # fmt: skip
     for name in (*names, "peak_rss_mb_batch8"):
@@ -70,8 +71,12 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
 
     rendered = render(result)  # the text form of the same figures explains the INT8 / FP32 line
     assert "of which: inference alone" in rendered and "at most, as both decode the same files" in rendered
+    for decode in ("exact", "fast"):
+        assert all(_positive(v) for v in result["decode_ratios"][decode].values()), result["decode_ratios"]
+        assert f"pipeline, decode {decode}: / Pillow+onnxruntime loop" in rendered
     parity = result["decoder_parity"]
-    assert parity["images"] > 0 and 0 <= parity["top1_agreement"] <= 1
+    assert 0 < parity["decoders"]["exact"]["identical"] <= parity["images"], parity  # large ones: DCT-scaled
+    assert 0 <= parity["decoders"]["fast"]["top1_agreement"] <= 1
 
     # Straight from the database the bench kept: one result row per image, for every job.
     db = Path(result["config"]["database"].removeprefix("sqlite:///"))
@@ -80,7 +85,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
             "SELECT i.job_id, count(i.id), count(r.id), count(DISTINCT r.image_id) "
             "FROM images i LEFT JOIN results r ON r.image_id = i.id GROUP BY i.job_id"
         ).fetchall()
-    assert len(rows) == 4  # warm-up + measured job, for INT8 and FP32
+    assert len(rows) == 6  # warm-up + measured job, for INT8 exact, INT8 fast and FP32
     for _job, n_images, n_results, distinct in rows:
         assert n_images == n_results == distinct
 

@@ -12,14 +12,16 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("model", "pillow", "fast")
+# "pillow": what a user would write, the reference preprocessing (Pillow decode, resize, crop);
+# "exact", "fast": the pipeline's decoders (IMGBATCH_DECODE).
+MODES = ("model", "pillow", "exact", "fast")
 # The model-only loop cycles through this many decoded tensors per process instead of holding them all.
 MODEL_ONLY_POOL = 64
 
 
 @dataclass(frozen=True)
 class LoopResult:
-    mode: str  # "model" (inference only), "pillow" (Pillow decode + model), "fast" (pipeline decode + model)
+    mode: str  # "model" (inference only), "pillow" (reference decode + model), "exact"/"fast" (pipeline's)
     processes: int
     ort_threads: int
     batch_size: int
@@ -114,8 +116,8 @@ def _run_share(
 
     def decode(path: str) -> np.ndarray:
         if mode == "pillow":
-            return preprocess.load_tensor_pillow(path, spec)
-        return preprocess.load_tensor(path, spec)
+            return preprocess.load_reference_tensor(path, spec)
+        return preprocess.load_tensor(path, spec, decode="fast" if mode == "fast" else "exact")
 
     pool: list[np.ndarray] = []
     if mode == "model":

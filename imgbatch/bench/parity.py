@@ -1,4 +1,4 @@
-"""Do the two decoders give the model the same input? Tensor difference and top-1 agreement."""
+"""Do the decoders give the model the reference input? Bit-identity, tensor difference, top-1 agreement."""
 
 from __future__ import annotations
 
@@ -11,42 +11,54 @@ from imgbatch.core import preprocess
 
 
 def decoder_parity(model: Path, paths: list[Path], limit: int = 200, batch: int = 16) -> dict[str, Any]:
-    """Fast path vs Pillow on up to ``limit`` files that the fast path takes (plain JPEGs).
+    """Each decoder (``exact``, ``fast``) against the reference preprocessing on up to ``limit`` JPEGs.
 
-    Differences are in 0-255 pixel levels (the tensor difference times std * 255).
+    Differences are in 0-255 pixel levels (the tensor difference times std * 255); agreement is the
+    model's top-1 on the decoder's input against its top-1 on the reference input.
     """
     from imgbatch.core.modelfile import open_session
 
     session, info = open_session(model, 1)
     spec = info.preprocess
     levels = float(np.mean(spec.std)) * 255.0
-    fast_rows: list[np.ndarray] = []
-    pillow_rows: list[np.ndarray] = []
-    diffs: list[float] = []
+    rows: dict[str, list[np.ndarray]] = {"reference": [], **{d: [] for d in preprocess.DECODERS}}
     for path in paths:
-        if len(fast_rows) >= limit:
+        if len(rows["reference"]) >= limit:
             break
+        if path.suffix.lower() not in (".jpg", ".jpeg"):
+            continue
         try:
-            fast = preprocess._load_jpeg_fast(path, spec, preprocess.DEFAULT_MAX_PIXELS)
-            if fast is None:
-                continue
-            slow = preprocess.load_tensor_pillow(path, spec)
+            tensors: dict[str, np.ndarray] = {"reference": preprocess.load_reference_tensor(path, spec)}
+            for decode in preprocess.DECODERS:
+                tensors[decode] = preprocess.load_tensor(path, spec, decode=decode)
         except preprocess.ImageDecodeError:
             continue
-        fast_rows.append(fast)
-        pillow_rows.append(slow)
-        diffs.append(float(np.abs(fast - slow).mean()) * levels)
-    if not fast_rows:
-        return {"images": 0, "top1_agreement": None, "mean_abs_diff_levels": None}
+        for name, tensor in tensors.items():
+            rows[name].append(tensor)
+    images = len(rows["reference"])
+    if not images:
+        return {"images": 0, "decoders": {}}
     name = session.get_inputs()[0].name
-    agree = 0
-    for first in range(0, len(fast_rows), batch):
-        a = session.run(None, {name: np.stack(fast_rows[first : first + batch])})[0]
-        b = session.run(None, {name: np.stack(pillow_rows[first : first + batch])})[0]
-        agree += int((a.argmax(axis=1) == b.argmax(axis=1)).sum())
-    return {
-        "images": len(fast_rows),
-        "top1_agreement": agree / len(fast_rows),
-        "mean_abs_diff_levels": float(np.mean(diffs)),
-        "max_image_mean_abs_diff_levels": float(np.max(diffs)),
+    top1 = {
+        d: np.concatenate(
+            [
+                session.run(None, {name: np.stack(r[i : i + batch])})[0].argmax(axis=1)
+                for i in range(0, images, batch)
+            ]
+        )
+        for d, r in rows.items()
     }
+    out = {}
+    for decode in preprocess.DECODERS:
+        diffs = [
+            float(np.abs(a - b).mean()) * levels for a, b in zip(rows[decode], rows["reference"], strict=True)
+        ]
+        out[decode] = {
+            "identical": sum(
+                np.array_equal(a, b) for a, b in zip(rows[decode], rows["reference"], strict=True)
+            ),
+            "top1_agreement": float(np.mean(top1[decode] == top1["reference"])),
+            "mean_abs_diff_levels": float(np.mean(diffs)),
+            "max_image_mean_abs_diff_levels": float(np.max(diffs)),
+        }
+    return {"images": images, "decoders": out}

@@ -33,6 +33,7 @@ WARMUP_IMAGES_PER_PROCESS = 16
 @dataclass(frozen=True)
 class PipelineRun:
     label: str  # "int8" or "fp32"
+    decode: str  # the workers' IMGBATCH_DECODE
     workers: int
     batch_size: int  # paths per task message
     infer_batch: int  # images per onnxruntime call: min(batch_size, worker.classify.INFER_BATCH)
@@ -65,7 +66,7 @@ class Bench:
     def db_url(self) -> str:
         return str(self.engine.url.render_as_string(hide_password=False))
 
-    def env(self, model: Path) -> dict[str, str]:
+    def env(self, model: Path, decode: str = "exact") -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGBATCH_")}
         env.update(
             {
@@ -73,6 +74,7 @@ class Bench:
                 "IMGBATCH_DATABASE_URL": self.db_url,
                 "IMGBATCH_MODEL": str(model),
                 "IMGBATCH_DATA_DIR": str(self.work / "data"),
+                "IMGBATCH_DECODE": decode,
             }
         )
         return env
@@ -113,14 +115,15 @@ def run_pipeline(
     label: str,
     workers: int,
     batch_size: int,
+    decode: str = "exact",
 ) -> PipelineRun:
     """Start ``workers`` pool processes, warm them up on a small job, then time a job over ``directory``."""
     from producer.embedded import worker_processes
     from producer.submit import record_job
     from producer.watch import Watcher
 
-    log = bench.work / "logs" / f"workers-{label}-{workers}x{batch_size}-{time.time_ns()}.log"
-    with worker_processes(workers, bench.env(model), log) as proc:
+    log = bench.work / "logs" / f"workers-{label}-{decode}-{workers}x{batch_size}-{time.time_ns()}.log"
+    with worker_processes(workers, bench.env(model, decode), log) as proc:
         _wait_ready(proc, log)
         watcher = Watcher(bench.settings, bench.engine, bench.broker_url)
         warm = record_job([warmup], model, batch_size, bench.engine, bench.broker_url, new=True)
@@ -133,11 +136,17 @@ def run_pipeline(
 
         watcher.watch(submitted.job_id, on_progress=alive)
         rss = pool_peak_rss_mb(proc.pid)
-    return job_run(bench.engine, submitted.job_id, label, workers, batch_size, rss)
+    return job_run(bench.engine, submitted.job_id, label, workers, batch_size, rss, decode)
 
 
 def job_run(
-    engine: Engine, job_id: str, label: str, workers: int, batch_size: int, rss: list[float]
+    engine: Engine,
+    job_id: str,
+    label: str,
+    workers: int,
+    batch_size: int,
+    rss: list[float],
+    decode: str = "exact",
 ) -> PipelineRun:
     from db.reads import stage_samples
     from worker.classify import INFER_BATCH
@@ -148,6 +157,7 @@ def job_run(
         samples = stage_samples(session, job_id, status=ImageStatus.OK)
     return PipelineRun(
         label=label,
+        decode=decode,
         workers=workers,
         batch_size=batch_size,
         infer_batch=min(batch_size, INFER_BATCH),

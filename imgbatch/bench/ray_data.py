@@ -26,11 +26,14 @@ class _Classify:
 
     model = ""  # set on a subclass per run, so the actor takes no constructor arguments
     threads = 1
+    decode = "exact"
 
     def __init__(self) -> None:
         from worker.classify import Classifier
 
-        self.classifier = Classifier.load(Path(self.model), self.threads)
+        self.classifier = Classifier.load(
+            Path(self.model), self.threads, decode="fast" if self.decode == "fast" else "exact"
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         preds = self.classifier.classify([str(p) for p in batch["path"]])
@@ -47,14 +50,16 @@ def require_ray() -> Any:
     return ray
 
 
-def ray_data_run(model: Path, paths: list[Path], actors: int, batch_size: int, cpus: int) -> dict[str, Any]:
+def ray_data_run(
+    model: Path, paths: list[Path], actors: int, batch_size: int, cpus: int, decode: str = "exact"
+) -> dict[str, Any]:
     """Images/s of Ray Data classifying ``paths`` with ``actors`` actors of cpus // actors ORT threads."""
     ray = require_ray()
     threads = max(1, cpus // actors)
     small = paths[: min(max(actors * batch_size * 8, 64), len(paths) // 4)]
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
-        actor = type("Classify", (_Classify,), {"model": str(model), "threads": threads})
+        actor = type("Classify", (_Classify,), {"model": str(model), "threads": threads, "decode": decode})
         ray.data.DataContext.get_current().enable_progress_bars = False
 
         def run(items: list[Path]) -> tuple[int, int, float]:
@@ -85,6 +90,7 @@ def ray_data_run(model: Path, paths: list[Path], actors: int, batch_size: int, c
         "actors": actors,
         "ort_threads": threads,
         "batch_size": batch_size,
+        "decode": decode,
         "images": full_n,
         "classified": labelled,
         "seconds": full_s,

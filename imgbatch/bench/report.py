@@ -13,16 +13,11 @@ def render(result: dict[str, Any]) -> str:
     """The text `imgbatch bench` prints: what ran on what, the bare loops, the ratios, then the table."""
     s = result["image_set"]
     cfg = result["config"]
-    primary = next(
+    primaries = [
         r
         for r in result["pipeline"]
         if (r["workers"], r["batch_size"]) == (cfg["primary_workers"], cfg["primary_batch"])
-    )
-    parity = result["decoder_parity"]
-    pipeline_label = (
-        f"pipeline (submit -> Redis -> {primary['workers']} worker processes -> SQLite), "
-        f"batch {primary['batch_size']}"
-    )
+    ]
     lines = [
         f"imgbatch bench: {s['images']} images from {s['directory']} (mean {s['mean_megapixels']:.2f} MP, "
         f"{s['multi_megapixel']} of >= 3 MP, max {s['max_megapixels']:.1f} MP, {s['mean_kb']:.0f} kB mean), "
@@ -30,19 +25,23 @@ def render(result: dict[str, Any]) -> str:
         f"onnxruntime {result['machine']['onnxruntime']}",
         "",
         *bare_lines(result["bare"]),
-        f"{pipeline_label:<76} {primary['images_per_s']:7.1f} images/s",
+        *[f"{_pipeline_label(r):<76} {r['images_per_s']:7.1f} images/s" for r in primaries],
         "",
         *ratio_lines(result),
+        *decode_ratio_lines(result["decode_ratios"]),
         f"every image of every bench job has exactly one result row: "
         f"{'yes' if result['one_result_per_image'] else 'NO'}",
+        *parity_lines(result["decoder_parity"]),
     ]
-    if parity.get("images"):
-        lines.append(
-            f"decoder parity on {parity['images']} JPEGs: top-1 agreement fast vs Pillow "
-            f"{parity['top1_agreement']:.1%}, mean |diff| {parity['mean_abs_diff_levels']:.2f} levels of 255"
-        )
     lines += ["", pipeline_table(result["pipeline"] + ([result["fp32"]] if result["fp32"] else []))]
     return "\n".join(lines)
+
+
+def _pipeline_label(run: dict[str, Any]) -> str:
+    return (
+        f"pipeline, decode {run['decode']} (submit -> Redis -> {run['workers']} worker processes -> SQLite), "
+        f"batch {run['batch_size']}"
+    )
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -57,7 +56,7 @@ def stage_cell(stages: dict[str, dict[str, float]], stage: str) -> str:
 def pipeline_table(runs: list[dict[str, Any]]) -> str:
     """One line per run, perf_analyzer style: throughput, stage latency p50/p95/p99, peak RSS per worker."""
     header = (
-        f"{'model':5} {'workers':>7} {'batch':>5} {'ort':>3} {'images':>6} {'images/s':>9}  "
+        f"{'model':5} {'decode':6} {'workers':>7} {'batch':>5} {'ort':>3} {'images':>6} {'images/s':>9}  "
         + "  ".join(f"{name + ' p50/p95/p99 ms':>26}" for name in STAGE_NAMES)
         + f"  {'peak RSS MB/worker':>18}"
     )
@@ -69,8 +68,8 @@ def pipeline_table(runs: list[dict[str, Any]]) -> str:
     for run in runs:
         rss = ",".join(f"{v:.0f}" for v in run["peak_rss_mb"]) or "-"
         lines.append(
-            f"{run['label']:5} {run['workers']:>7} {run['batch_size']:>5} {run['infer_batch']:>3} "
-            f"{run['images']:>6} {run['images_per_s']:>9.1f}  "
+            f"{run['label']:5} {run['decode']:6} {run['workers']:>7} {run['batch_size']:>5} "
+            f"{run['infer_batch']:>3} {run['images']:>6} {run['images_per_s']:>9.1f}  "
             + "  ".join(f"{stage_cell(run['stages'], name):>26}" for name in STAGE_NAMES)
             + f"  {rss:>18}"
         )
@@ -80,8 +79,9 @@ def pipeline_table(runs: list[dict[str, Any]]) -> str:
 def bare_lines(bare: dict[str, dict[str, Any]]) -> list[str]:
     names = {
         "model": "bare loop, model only (pre-decoded tensors)",
-        "pillow": "bare loop, Pillow decode + model",
-        "fast": "bare loop, pipeline decode (libjpeg-turbo/OpenCV, Pillow otherwise) + model",
+        "pillow": "bare loop, Pillow + onnxruntime (reference preprocessing)",
+        "exact": "bare loop, pipeline decode exact (libjpeg-turbo + Pillow resize) + model",
+        "fast": "bare loop, pipeline decode fast (libjpeg-turbo/OpenCV, Pillow otherwise) + model",
     }
     lines = []
     for mode, result in bare.items():
@@ -107,7 +107,7 @@ def bare_lines(bare: dict[str, dict[str, Any]]) -> list[str]:
 def ratio_lines(result: dict[str, Any]) -> list[str]:
     labels = {
         "pipeline_vs_bare_pillow": "pipeline / bare loop with Pillow decode",
-        "pipeline_vs_bare_fast": "pipeline / bare loop with the pipeline's decode",
+        "pipeline_vs_bare_own_decode": "pipeline / bare loop with the pipeline's decode",
         "pipeline_vs_ray": "pipeline / Ray Data (same decode and model; --ray)",
         "int8_vs_fp32": "INT8 pipeline / FP32 pipeline",
         "scaling": "scaling: pipeline images/s with {hi} worker processes / with 1",
@@ -132,3 +132,22 @@ _INT8_EXPLAINED = {
     "int8_vs_fp32_inference": "  of which: inference alone (mean infer ms/image in the two runs)",
     "int8_vs_fp32_ceiling": "  at most, as both decode the same files: (decode+infer) FP32/INT8",
 }
+
+
+def decode_ratio_lines(by_decode: dict[str, dict[str, float | None]]) -> list[str]:
+    """One line per decoder: its pipeline against the Pillow + onnxruntime loop, its own bare loop, Ray."""
+    label = "pipeline, decode {}: / Pillow+onnxruntime loop, / same-decode loop, / Ray Data"
+    return [
+        f"{label.format(decode):<66} "
+        f"{_fmt(r['vs_bare_pillow'], 3):>8} {_fmt(r['vs_bare_own_decode'], 3):>8} {_fmt(r['vs_ray'], 3):>8}"
+        for decode, r in by_decode.items()
+    ]
+
+
+def parity_lines(parity: dict[str, Any]) -> list[str]:
+    """How far each decoder's input is from the reference preprocessing, and whether top-1 moves."""
+    return [
+        f"decode {decode} vs reference on {parity['images']} JPEGs: bit-identical {p['identical']}, "
+        f"mean |diff| {p['mean_abs_diff_levels']:.2f} levels of 255, same top-1 {p['top1_agreement']:.1%}"
+        for decode, p in parity.get("decoders", {}).items()
+    ]

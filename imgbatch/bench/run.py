@@ -15,8 +15,8 @@ from typing import Any
 
 import onnxruntime
 
-from imgbatch.bench.bare import MODES, bare_loop
-from imgbatch.bench.figures import Run, ratio_figures, target_checks
+from imgbatch.bench.bare import bare_loop
+from imgbatch.bench.figures import Run, decode_ratios, ratio_figures, target_checks
 from imgbatch.bench.images import describe, job_images
 from imgbatch.bench.models import ensure_fp32_model
 from imgbatch.bench.parity import decoder_parity
@@ -71,9 +71,19 @@ def run_rounds(plan: BenchPlan, found: list[Path], job_dir: Path, say: Say) -> R
             tag = f"round {round_no}/{plan.repeat}: " if plan.repeat > 1 else ""
             _bare_round(plan, found, tag, rounds, say)
             for case in plan.round_cases():
-                say(f"{tag}pipeline {case.label}: {case.workers} worker processes, batch {case.batch_size}")
+                say(
+                    f"{tag}pipeline {case.label}, decode {case.decode}: {case.workers} worker processes, "
+                    f"batch {case.batch_size}"
+                )
                 run = run_pipeline(
-                    services, job_dir, warm, case.model, case.label, case.workers, case.batch_size
+                    services,
+                    job_dir,
+                    warm,
+                    case.model,
+                    case.label,
+                    case.workers,
+                    case.batch_size,
+                    case.decode,
                 ).as_dict()
                 rounds.jobs.append(run)
                 _keep_best(rounds.best, case, run)
@@ -82,16 +92,24 @@ def run_rounds(plan: BenchPlan, found: list[Path], job_dir: Path, say: Say) -> R
 
 
 def _bare_round(plan: BenchPlan, found: list[Path], tag: str, rounds: Rounds, say: Say) -> None:
-    """The bare loops, one process per core at the workers' onnxruntime batch, and Ray Data if asked."""
-    for mode in MODES:
+    """The bare loops, one process per core at the workers' onnxruntime batch, and Ray Data if asked.
+
+    The bare loops: inference alone, what a user would write (Pillow + onnxruntime, the reference
+    preprocessing), and each decoder of the plan with the same model.
+    """
+    for mode in ("model", "pillow", *plan.decodes):
         say(f"{tag}bare loop ({mode}): {len(found)} images, {plan.cpus} processes, batch {INFER_BATCH}")
         loop = bare_loop(plan.model_path, found, mode, plan.cpus, INFER_BATCH, plan.cpus)
         _keep_best(rounds.bare, mode, loop.as_dict())
     if plan.ray:
         from imgbatch.bench.ray_data import ray_data_run
 
-        say(f"{tag}Ray Data: {plan.primary_workers} actors, batch {plan.primary_batch}")
-        ray_run = ray_data_run(plan.model_path, found, plan.primary_workers, plan.primary_batch, plan.cpus)
+        say(
+            f"{tag}Ray Data: {plan.primary_workers} actors, batch {plan.primary_batch}, {plan.primary_decode}"
+        )
+        ray_run = ray_data_run(
+            plan.model_path, found, plan.primary_workers, plan.primary_batch, plan.cpus, plan.primary_decode
+        )
         _keep_best(rounds.bare, "ray", ray_run)
 
 
@@ -133,12 +151,15 @@ def _result(
             "max_workers": plan.primary_workers,
             "repeat": plan.repeat,
             "infer_batch": INFER_BATCH,
+            "decodes": list(plan.decodes),
+            "primary_decode": plan.primary_decode,
             "database": rounds.database,
         },
         "bare": rounds.bare,
         "pipeline": runs,
         "fp32": fp32_run,
         "ratios": figures,
+        "decode_ratios": decode_ratios(plan, rounds.bare, runs),
         "targets": target_checks(figures),
         "one_result_per_image": all(
             r["results"] == r["images"] and r["pending"] == 0 and r["images"] > 0 for r in rounds.jobs

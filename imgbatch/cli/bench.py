@@ -66,6 +66,15 @@ RepeatOpt = Annotated[
     int,
     typer.Option("--repeat", metavar="N", min=1, help="Rounds; each figure is the best of its rounds."),
 ]
+DecodesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--decodes",
+        metavar="LIST",
+        help="The workers' decoders to run, e.g. exact,fast; the first gives the ratio lines "
+        "(default: IMGBATCH_DECODE).",
+    ),
+]
 RayFlag = Annotated[
     bool,
     typer.Option(
@@ -87,6 +96,7 @@ def bench_command(
     work_dir: WorkDirOpt = None,
     repeat: RepeatOpt = 1,
     ray: RayFlag = False,
+    decodes: DecodesOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure the pipeline against a bare decode+inference loop.
@@ -95,7 +105,7 @@ def bench_command(
     same images in one run, then prints the ratios and a table of images/s, stage latencies and peak
     RSS for each worker count and batch size.
 
-    Example: imgbatch bench /tmp/bench --images 2000 --workers 1,2
+    Example: imgbatch bench /tmp/bench --images 2000 --workers 1,2 --decodes exact,fast
     """
     from imgbatch.bench.models import check_fp32_twin, fp32_sibling
     from imgbatch.bench.plan import BenchPlan
@@ -109,6 +119,7 @@ def bench_command(
     cpus = usable_cpus()
     worker_counts = _ints(workers, "--workers") if workers else list(range(1, cpus + 1))
     batches = _ints(batch_sizes, "--batch-sizes")
+    decoders = _decoders(decodes) if decodes else (settings().decode,)
     fp32_path = None if no_fp32 else (fp32_model or fp32_sibling(model_path)).resolve()
     if fp32_path is not None and fp32_path.is_file():
         check_fp32_twin(fp32_path, info, model_path)  # before any work: a wrong file surfaces in seconds
@@ -130,6 +141,7 @@ def bench_command(
             work_dir=work,
             repeat=repeat,
             ray=ray,
+            decodes=decoders,
         )
         result = run_bench(plan, say=err_console.print)
         result["work_dir"] = str(work) if work_dir is not None else None
@@ -145,6 +157,17 @@ def _ints(text: str, name: str) -> list[int]:
     if not values or min(values) < 1:
         raise UserError(f"{name}: expected positive integers, got {text!r}")
     return values
+
+
+def _decoders(text: str) -> tuple[str, ...]:
+    """Comma-separated decoder names, in the order given, without repeats."""
+    from imgbatch.core.preprocess import DECODERS
+
+    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    unknown = [n for n in names if n not in DECODERS]
+    if not names or unknown:
+        raise UserError(f"--decodes: expected some of {', '.join(DECODERS)}, got {text!r}")
+    return names
 
 
 def _json_default(value: Any) -> Any:
