@@ -50,9 +50,6 @@ try:  # the fast JPEG path; without these two wheels every file goes through Pil
 except ImportError:  # pragma: no cover - both are declared dependencies
     HAVE_FAST_JPEG = False
 
-# Set to False to send every file through Pillow (benchmarks compare the two decoders).
-FAST_JPEG = HAVE_FAST_JPEG
-
 # Pillow's own bomb check only raises at 2x its limit and warns below; we refuse explicitly
 # before any pixel is decoded, with a reason that lands in the result row.
 DEFAULT_MAX_PIXELS = 80_000_000
@@ -272,7 +269,7 @@ def decode_tensor(
         return reference_crop(img, spec)
     if decode != "fast":
         raise ValueError(f"unknown decoder {decode!r}; known: {', '.join(DECODERS)}")
-    if FAST_JPEG:
+    if HAVE_FAST_JPEG:
         tensor = _decode_jpeg_fast(data, spec, max_pixels)
         if tensor is not None:
             return tensor
@@ -303,14 +300,6 @@ def reference_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     top = int(round((size[1] - spec.crop) / 2.0))
     out = resized.crop((left, top, left + spec.crop, top + spec.crop))
     return _normalize(np.asarray(out), spec)
-
-
-def load_tensor_pillow(
-    path: str | Path, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
-    """The fast decoder's definition through Pillow alone (DCT-scaled decode, resize with a crop box):
-    what its libjpeg-turbo + OpenCV route is held to."""
-    return to_tensor(open_image(path, spec, max_pixels), spec)
 
 
 # ---------------------------------------------------------------------------- exact JPEG path
