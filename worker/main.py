@@ -14,9 +14,11 @@ from db.engine import engine_for, ensure_schema
 from imgbatch.core.cpus import usable_cpus
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
+from imgbatch.core.runtimes import planned_runtime
 from imgbatch.core.settings import Settings
 from worker.app import check_redis, create_app
 from worker.dispatcher import start_dispatcher, stop_dispatchers
+from worker.runtime import ort_threads
 from worker.tasks import register_tasks
 
 
@@ -28,8 +30,10 @@ def start_worker(settings: Settings, concurrency: int | None, loglevel: str = "I
     processes = concurrency or settings.worker_concurrency or usable_cpus()
     # Pool children split the cores among themselves by this count (worker.runtime.ort_threads).
     settings = settings.model_copy(update={"worker_concurrency": processes})
-    # Fail fast with one line, before Celery forks anything.
+    # Fail fast with one line, before Celery forks anything; and settle `auto` here, once (measured in
+    # a child process and cached), so that the pool processes only read the choice.
     read_model_info(settings.model_path)
+    planned_runtime(settings.model_path, ort_threads(settings), settings.runtime, settings.data_dir)
     if settings.redis_url is None:
         raise UserError("IMGBATCH_REDIS_URL is not set: a worker needs a Redis to read batches from")
     check_redis(settings.redis_url)

@@ -1,11 +1,13 @@
-"""Per-process resources: the onnxruntime session, the database engine and the Redis ledger.
+"""Per-process resources: the model runner (onnxruntime or OpenVINO), the database engine and the
+Redis ledger.
 
-All are created in each pool process after fork (onnxruntime sessions and SQLAlchemy connection
+All are created in each pool process after fork (runtime sessions and SQLAlchemy connection
 pools do not survive a fork), on `worker_process_init`, or lazily on first use in a solo pool.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -47,10 +49,11 @@ class WorkerRuntime:
 
 
 _runtime: WorkerRuntime | None = None
+log = logging.getLogger(__name__)
 
 
 def ort_threads(settings: Settings) -> int:
-    """ORT intra-op threads for one pool process: the cores divided among the processes."""
+    """Inference threads (either runtime's) for one pool process: the cores divided among the processes."""
     if settings.ort_threads:
         return settings.ort_threads
     processes = max(1, settings.worker_concurrency or 1)
@@ -64,6 +67,8 @@ def load_classifier(settings: Settings, model_path: Path | str) -> Classifier:
         settings.max_pixels,
         max_bytes=settings.max_file_bytes,
         timeout_s=settings.image_timeout_s,
+        runtime=settings.runtime,
+        cache_dir=settings.data_dir,
     )
 
 
@@ -74,6 +79,7 @@ def init_runtime(app: ImgbatchCelery) -> WorkerRuntime:
     error: str | None = None
     try:
         classifier = load_classifier(settings, settings.model_path)
+        log.info("pool process %d: %s on %s", os.getpid(), classifier.info.path.name, classifier.runner.name)
     except Exception as exc:  # the worker stays up, and says why when a job needs the model
         error = str(exc)
     engine = engine_for(settings)

@@ -31,3 +31,12 @@ WaitFlag = Annotated[
     bool, typer.Option("--wait", metavar="", help="Wait with a progress bar until the job is done.")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", metavar="", help="JSON, for machines.")]
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--runtime",
+        metavar="NAME",
+        help="auto, onnxruntime or openvino (default: IMGBATCH_RUNTIME, else auto: OpenVINO where it is "
+        "measured faster for the model on this CPU).",
+    ),
+]

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from imgbatch.cli.console import console, err_console, progress_bar, session, sessions, settings
-from imgbatch.cli.params import BatchOpt, JobArg, ModelOpt, NewFlag, WaitFlag
+from imgbatch.cli.params import BatchOpt, JobArg, ModelOpt, NewFlag, RuntimeOpt, WaitFlag
 from imgbatch.core.errors import UserError
 from imgbatch.core.names import shown
 
@@ -39,6 +39,7 @@ def run(
     model: ModelOpt = None,
     batch_size: BatchOpt = None,
     new: NewFlag = False,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Classify directories here and now, then print a summary.
 
@@ -50,7 +51,7 @@ def run(
     from imgbatch.core.cpus import usable_cpus
     from producer.embedded import run as run_embedded
 
-    config = settings()
+    config = with_runtime(settings(), runtime)
     dirs: list[str | Path] = list(directories or []) or [_sample_dir(config)]
     bar = progress_bar()  # started once the job is recorded: a bad directory prints its one line only
     task = bar.add_task("classifying", total=None)
@@ -93,6 +94,16 @@ def run(
     finally:
         bar.stop()
     print_summary(outcome.submitted.job_id, outcome.seconds, since_finished=started.get("finished", 0))
+
+
+def with_runtime(config: Settings, runtime: str | None) -> Settings:
+    """The settings with --runtime, when given, in place of IMGBATCH_RUNTIME."""
+    if runtime is None:
+        return config
+    from imgbatch.core.runtimes import require_runtime
+
+    require_runtime(runtime)
+    return config.model_copy(update={"runtime": runtime})
 
 
 def _sample_dir(config: Settings) -> Path:
@@ -328,16 +339,18 @@ def worker(
     loglevel: Annotated[
         str, typer.Option("--loglevel", "-l", metavar="LEVEL", help="DEBUG, INFO, WARNING...")
     ] = "INFO",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Run a Celery worker.
 
-    One model session per pool process; results are written to the database.
+    One model session per pool process (onnxruntime or OpenVINO, see --runtime); results are written
+    to the database.
 
     Example: IMGBATCH_REDIS_URL=redis://queue:6379/0 imgbatch worker -c 4
     """
     from worker.main import start_worker
 
-    start_worker(settings(), concurrency, loglevel)
+    start_worker(with_runtime(settings(), runtime), concurrency, loglevel)
 
 
 def samples(
