@@ -63,6 +63,20 @@ def test_openvino_agrees_with_onnxruntime_on_the_sample_photos(model_path: Path,
     assert np.abs(ov - ort).max() < 1.0
 
 
+def test_openvino_compiled_once_then_imported(model_path: Path, photo_dir: Path, tmp_path: Path) -> None:
+    """The compiled model kept in the data dir gives the same outputs and contract as a fresh compile."""
+    x = _photo_batch(photo_dir, model_path)[:5]
+    fresh = open_openvino(model_path, 1, cache_dir=tmp_path)
+    [blob] = (tmp_path / "openvino").glob("*.blob")
+    cached = open_openvino(model_path, 1, cache_dir=tmp_path)
+    assert cached.info == fresh.info
+    np.testing.assert_allclose(cached.run(x), fresh.run(x), rtol=0, atol=1e-5)
+    blob.write_bytes(b"truncated")  # a damaged cache is compiled again, and rewritten
+    again = open_openvino(model_path, 1, cache_dir=tmp_path)
+    np.testing.assert_allclose(again.run(x), fresh.run(x), rtol=0, atol=1e-5)
+    assert blob.stat().st_size > 1000
+
+
 def test_explicit_runtimes_and_a_broken_model(model_path: Path, tmp_path: Path) -> None:
     assert open_runtime(model_path, 1, "onnxruntime").name == "onnxruntime"
     assert open_runtime(model_path, 1, "openvino").name == "openvino"

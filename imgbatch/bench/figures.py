@@ -36,18 +36,43 @@ def target_checks(figures: dict[str, float | None]) -> dict[str, dict[str, Any]]
     return out
 
 
-def find_run(runs: list[Run], workers: int, batch_size: int) -> Run | None:
-    return next((r for r in runs if (r["workers"], r["batch_size"]) == (workers, batch_size)), None)
+def find_run(runs: list[Run], workers: int, batch_size: int, runtime: str | None = None) -> Run | None:
+    """The run with ``workers`` and ``batch_size`` (on ``runtime``, when given)."""
+    return next(
+        (
+            r
+            for r in runs
+            if (r["workers"], r["batch_size"]) == (workers, batch_size)
+            and runtime in (None, r.get("runtime"))
+        ),
+        None,
+    )
+
+
+def runtime_figures(plan: BenchPlan, bare: dict[str, Run], runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """Per runtime of the workers, its primary run against the bare loop a user would write (Pillow
+    decode + onnxruntime) and against the primary runtime's pipeline."""
+    first = _rate(find_run(runs, plan.primary_workers, plan.primary_batch, plan.primary_runtime))
+    out = {}
+    for runtime in plan.runtimes:
+        rate = _rate(find_run(runs, plan.primary_workers, plan.primary_batch, runtime))
+        out[runtime] = {
+            "images_per_s": rate,
+            "pipeline_vs_bare_pillow": ratio(rate, bare["pillow"]["images_per_s"]),
+            "vs_primary_runtime": ratio(rate, first),
+        }
+    return out
 
 
 def ratio_figures(
     plan: BenchPlan, bare: dict[str, Run], runs: list[Run], fp32_run: Run | None
 ) -> dict[str, float | None]:
-    """The ratios of the primary INT8 run (``runs`` are the INT8 ones) to the bare loops, Ray Data, FP32
-    and one worker, and the peak RSS at onnxruntime batch 8."""
-    primary_run = find_run(runs, plan.primary_workers, plan.primary_batch)
+    """The ratios of the primary INT8 run (``runs`` are the INT8 ones; of the first runtime) to the bare
+    loops, Ray Data, FP32 and one worker, and the peak RSS at runtime batch 8."""
+    runtime = plan.primary_runtime
+    primary_run = find_run(runs, plan.primary_workers, plan.primary_batch, runtime)
     primary = _rate(primary_run)
-    one_worker = _rate(find_run(runs, 1, plan.primary_batch))
+    one_worker = _rate(find_run(runs, 1, plan.primary_batch, runtime))
     rss8 = [v for r in runs if r["infer_batch"] == 8 for v in r["peak_rss_mb"]]
     return {
         "pipeline_vs_bare_pillow": ratio(primary, bare["pillow"]["images_per_s"]),

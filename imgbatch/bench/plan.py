@@ -30,6 +30,7 @@ class PipelineCase:
     model: Path
     workers: int  # worker processes
     batch_size: int  # paths per task message
+    runtime: str = "onnxruntime"  # the workers' IMGBATCH_RUNTIME: "onnxruntime" or "openvino"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class BenchPlan:
     work_dir: Path  # the private Redis, database, logs and linked images
     repeat: int = 1  # rounds; each figure is the best of its rounds
     ray: bool = False  # also run the job on Ray Data
+    runtimes: tuple[str, ...] = ("onnxruntime",)  # the workers' runtimes; the first is the ratios' one
+
+    @property
+    def primary_runtime(self) -> str:
+        return self.runtimes[0]
 
     @property
     def primary_workers(self) -> int:
@@ -59,26 +65,31 @@ class BenchPlan:
         return PRIMARY_BATCH if PRIMARY_BATCH in self.batch_sizes else max(self.batch_sizes)
 
     def int8_cases(self) -> list[PipelineCase]:
-        """The INT8 grid, every worker count by every batch size, in the table's order."""
+        """The INT8 grid, every runtime by every worker count by every batch size, in the table's order."""
         return [
-            PipelineCase("int8", self.model_path, workers, batch_size)
+            PipelineCase("int8", self.model_path, workers, batch_size, runtime)
+            for runtime in self.runtimes
             for workers in self.worker_counts
             for batch_size in self.batch_sizes
         ]
 
-    def primary_case(self) -> PipelineCase:
-        return PipelineCase("int8", self.model_path, self.primary_workers, self.primary_batch)
+    def primary_case(self, runtime: str | None = None) -> PipelineCase:
+        """The run the ratio lines use (of ``runtime``; default: the first runtime)."""
+        runtime = runtime or self.primary_runtime
+        return PipelineCase("int8", self.model_path, self.primary_workers, self.primary_batch, runtime)
 
     def fp32_case(self) -> PipelineCase | None:
         """The FP32 twin at the primary workers and batch, the other side of the INT8 / FP32 ratio."""
         if self.fp32_path is None:
             return None
-        return PipelineCase("fp32", self.fp32_path, self.primary_workers, self.primary_batch)
+        return PipelineCase(
+            "fp32", self.fp32_path, self.primary_workers, self.primary_batch, self.primary_runtime
+        )
 
     def round_cases(self) -> list[PipelineCase]:
-        """The pipeline jobs of one round: the ratios' run first (right after the bare loops it is
+        """The pipeline jobs of one round: the ratios' runs first (right after the bare loops they are
         compared with), then the rest of the grid, then FP32."""
-        primary = self.primary_case()
-        cases = sorted(self.int8_cases(), key=lambda case: case != primary)
+        primaries = [self.primary_case(runtime) for runtime in self.runtimes]
+        cases = sorted(self.int8_cases(), key=lambda case: case not in primaries)
         fp32 = self.fp32_case()
         return cases if fp32 is None else [*cases, fp32]
