@@ -32,12 +32,12 @@ def start_worker(settings: Settings, concurrency: int | None, loglevel: str = "I
     settings = settings.model_copy(update={"worker_concurrency": processes})
     # Fail fast with one line, before Celery forks anything; and settle `auto` here, once (measured in
     # a child process and cached), so that the pool processes only read the choice. With OpenVINO
-    # the contract is checked in a child too (which leaves the compiled model in the data dir for the
+    # the contract is checked in a child too (which leaves the compiled model in the cache dir for the
     # pool processes): they carry whatever this process loads.
     threads = ort_threads(settings)
-    runtime, _why = planned_runtime(settings.model_path, threads, settings.runtime, settings.data_dir)
+    runtime, _why = planned_runtime(settings.model_path, threads, settings.runtime, settings.cache_dir)
     if runtime == "openvino":
-        check_model_in_child(settings.model_path, threads, settings.data_dir)
+        check_model_in_child(settings.model_path, threads, settings.cache_dir)
     else:
         read_model_info(settings.model_path)
     if settings.redis_url is None:

@@ -71,7 +71,7 @@ def load_classifier(settings: Settings, model_path: Path | str) -> Classifier:
         max_bytes=settings.max_file_bytes,
         timeout_s=settings.image_timeout_s,
         runtime=settings.runtime,
-        cache_dir=settings.data_dir,
+        cache_dir=settings.cache_dir,
     )
 
 

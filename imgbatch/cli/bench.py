@@ -157,8 +157,8 @@ def _runtimes(text: str, model_path: Path, threads: int) -> tuple[str, ...]:
     names = [v.strip() for v in text.split(",") if v.strip()]
     if not names:
         raise UserError(f"--runtimes: expected a comma-separated list of runtimes, got {text!r}")
-    data_dir = settings().data_dir
-    chosen = [planned_runtime(model_path, threads, name, data_dir)[0] for name in names]
+    cache_dir = settings().cache_dir
+    chosen = [planned_runtime(model_path, threads, name, cache_dir)[0] for name in names]
     return tuple(dict.fromkeys(chosen))
 
 

@@ -9,7 +9,8 @@ sha256 of the bytes they were made from.
 ``auto`` picks OpenVINO when it imports, compiles the model and is measured faster than onnxruntime
 for that model on this CPU at the workers' batch and thread count, else onnxruntime. The measurement
 (a short interleaved probe in a child process, so no worker carries both runtimes) is made once per
-(model sha256, CPU, threads, runtime versions) and cached in ``<data dir>/runtime-choice.json``.
+(model sha256, CPU, threads, runtime versions) and cached in ``<cache dir>/runtime-choice.json``
+(``IMGBATCH_CACHE_DIR``, default ``~/.cache/imgbatch``).
 """
 
 from __future__ import annotations
@@ -132,9 +133,9 @@ def open_openvino(
     """The model compiled by OpenVINO for this CPU. Errors (OpenVINO missing, a model it cannot read
     or compile, a broken contract) are ModelFileError.
 
-    ``cache_dir``: where the compiled model is kept, keyed by the file's sha256, the CPU, OpenVINO's
-    version, the precision and the threads. A worker that finds it imports it without OpenVINO's ONNX
-    frontend and graph passes: measured 26 MB less peak RSS (114 vs 140 MB)."""
+    ``cache_dir`` (the settings' cache dir): where the compiled model is kept, keyed by the file's
+    sha256, the CPU, OpenVINO's version, the precision and the threads. A worker that finds it imports
+    it without OpenVINO's ONNX frontend and graph passes: measured 26 MB less peak RSS (114 vs 140 MB)."""
     path = Path(path)
     data = read_model_bytes(path) if data is None else data
     sha256 = hashlib.sha256(data).hexdigest()
