@@ -40,10 +40,19 @@ from export.metadata import imagenet_labels, write_metadata
 from export.onnx_export import ParityReport, check_parity, export_any, load_batch
 from export.quantize import QuantConfig, get_preset, prepare, quantize_int8
 from export.report import Row, Thresholds, all_cores, gate
-from export.runners import ONNX_FP32, ONNX_INT8, ComparedModels, exact_int8, logits, torch_runner
+from export.runners import (
+    ONNX_INT8,
+    RUNTIME_ROWS,
+    ComparedModels,
+    exact_int8,
+    logits,
+    openvino_available,
+    torch_runner,
+)
 from export.sources import DEFAULT_ARCH, Source, default_preset, load_source
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import open_session
+from imgbatch.core.runtimes import planned_runtime
 from imgbatch.core.samples import write_photos
 
 
@@ -113,6 +122,7 @@ class ExportOptions:
     benchmark: bool = True
     bench_budget_s: float = 3.0
     fp32_output: Path | None = None
+    runtime: str = "auto"  # the runtime the gate is applied to; auto: the one workers here would pick
 
 
 def default_config(options: ExportOptions) -> QuantConfig:
@@ -231,12 +241,18 @@ def _stage(quantized: Path, source: Source, config: QuantConfig, labels: list[st
     return info.graph_sha256
 
 
-def _gate(rows: dict[str, Row], options: ExportOptions) -> GateDecision | None:
-    """The gate's verdict on INT8 against FP32 ONNX; None when the recipe made no INT8 model."""
+def _gate(rows: dict[str, Row], options: ExportOptions, staged: Path) -> GateDecision | None:
+    """The gate's verdict on INT8 against FP32 ONNX, on the runtime workers will use (``--runtime``;
+    auto: measured as workers measure it, on one thread); None when the recipe made no INT8 model."""
     if ONNX_INT8 not in rows:
         return None
-    verdict = gate(rows[ONNX_FP32], rows[ONNX_INT8], options.thresholds)
-    return GateDecision(verdict, enforced=options.gate, thresholds=options.thresholds)
+    runtime, why = planned_runtime(staged, 1, options.runtime, None)
+    fp32_row, int8_row = RUNTIME_ROWS[runtime]
+    if int8_row not in rows:  # OpenVINO asked for but not measured: it does not import here
+        runtime, why = "onnxruntime", "openvino is not available"
+        fp32_row, int8_row = RUNTIME_ROWS[runtime]
+    verdict = gate(rows[fp32_row], rows[int8_row], options.thresholds)
+    return GateDecision(verdict, options.gate, options.thresholds, f"{runtime} ({options.runtime}: {why})")
 
 
 def _install(staged: Path, fp32: Path, config: QuantConfig, output: Path, options: ExportOptions) -> Path:
@@ -277,12 +293,12 @@ def _build_and_measure(
     graph_sha256 = _stage(quantized, source, config, labels, staged)
 
     int8 = None if config.mode == "fp32" else staged
-    models = ComparedModels(source.model, source.path, fp32, int8, exact_int8(config))
+    models = ComparedModels(source.model, source.path, fp32, int8, exact_int8(config), openvino_available())
     quantized_from = prepped if config.mode == "static" else None
     evaluation = evaluate(models, photos.evaluation, photos.x_eval, source.spec, quantized_from, work)
     if options.benchmark:
         bench(models, evaluation.rows, photos.x_eval[:8], options.bench_budget_s)
-    decision = _gate(evaluation.rows, options)
+    decision = _gate(evaluation.rows, options, staged)
     report = ExportReport(
         source=source.describe(),
         output=output,

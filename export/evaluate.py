@@ -14,7 +14,16 @@ import numpy as np
 from export import error_sources
 from export.evalset import LabelledSet
 from export.report import Row, Runner, all_cores, fill_accuracy
-from export.runners import ONNX_FP32, ONNX_INT8, TORCH_FP32, ComparedModels, logits, onnx_runner
+from export.runners import (
+    ONNX_FP32,
+    ONNX_INT8,
+    OPENVINO_FP32,
+    OPENVINO_INT8,
+    TORCH_FP32,
+    ComparedModels,
+    logits,
+    onnx_runner,
+)
 from imgbatch.core.preprocess import PreprocessSpec
 
 
@@ -42,7 +51,9 @@ def evaluate(
     reference = logits(models.runner(TORCH_FP32, cores), x)
     rows = models.rows()
     fill_accuracy(rows[TORCH_FP32], reference, reference, photos.labels)
-    fill_accuracy(rows[ONNX_FP32], logits(models.runner(ONNX_FP32, cores), x), reference, photos.labels)
+    for name in (ONNX_FP32, OPENVINO_FP32, OPENVINO_INT8):
+        if name in rows:  # INT8 on onnxruntime below: its logits serve the decoder check too
+            fill_accuracy(rows[name], logits(models.runner(name, cores), x), reference, photos.labels)
     if models.int8 is None:
         return Evaluation(rows, None, None)
     int8_runner = models.runner(ONNX_INT8, cores)

@@ -50,6 +50,7 @@ class GateDecision:
     result: GateResult
     enforced: bool  # False with --no-gate: the model is installed whatever the verdict
     thresholds: Thresholds
+    runtime: str = "onnxruntime"  # the runtime whose rows were gated, and why it is the one
 
     @property
     def refuses(self) -> bool:
@@ -59,6 +60,7 @@ class GateDecision:
         verdict = "PASSED" if self.result.passed else "REFUSED"
         return {
             "verdict": verdict + ("" if self.enforced else " (gate off)"),
+            "runtime": self.runtime,
             "checks": self.result.checks,
             "thresholds": asdict(self.thresholds),
         }
@@ -120,7 +122,13 @@ class ExportReport:
         if self.auto is not None:
             lines += _auto_section(self.auto)
         if self.gate is not None:
-            lines += ["", f"## Gate: {self.gate.to_dict()['verdict']}", ""]
+            lines += [
+                "",
+                f"## Gate: {self.gate.to_dict()['verdict']}",
+                "",
+                f"Runtime: {self.gate.runtime}",
+                "",
+            ]
             lines += [
                 f"- {'PASS' if ok else 'FAIL'} {figure}: {detail}"
                 for figure, detail, ok in self.gate.result.checks

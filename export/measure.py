@@ -11,8 +11,19 @@ from pathlib import Path
 import numpy as np
 
 from export.report import Latency, Row, all_cores, interleaved_latency, speedup
-from export.runners import ONNX_FP32, ONNX_INT8, TORCH_FP32, ComparedModels, onnx_runner, size_mb
+from export.runners import (
+    ONNX_FP32,
+    ONNX_INT8,
+    OPENVINO_FP32,
+    OPENVINO_INT8,
+    TORCH_FP32,
+    ComparedModels,
+    onnx_runner,
+    openvino_available,
+    size_mb,
+)
 from imgbatch.core.cpus import int8_pairs_saturate
+from imgbatch.core.runtimes import OPENVINO_PRECISION
 
 
 def _batch_of(x: np.ndarray, batch: int) -> np.ndarray:
@@ -42,13 +53,19 @@ def ratios(models: ComparedModels, rows: dict[str, Row]) -> list[str]:
     if models.int8 is None:
         return []
     notes = []
-    for slow in (ONNX_FP32, TORCH_FP32):
-        ratio = speedup(rows[ONNX_INT8], rows[slow])
+    for fast, slow in ((ONNX_INT8, ONNX_FP32), (ONNX_INT8, TORCH_FP32), *_openvino_pairs(rows)):
+        ratio = speedup(rows[fast], rows[slow])
         if ratio is not None:
-            notes.append(f"INT8 vs {slow}, batch 8, 1 thread: {ratio:.2f}x images/s")
+            notes.append(f"{fast} vs {slow}, batch 8, 1 thread: {ratio:.2f}x images/s")
     int8_mb, fp32_mb = size_mb(models.int8), size_mb(models.fp32)
     notes.append(f"INT8 file {int8_mb:.2f} MB = {int8_mb / fp32_mb:.1%} of FP32 ONNX")
     return notes
+
+
+def _openvino_pairs(rows: dict[str, Row]) -> list[tuple[str, str]]:
+    """(faster, slower) row pairs of the OpenVINO rows: INT8 vs its FP32, each vs onnxruntime's."""
+    pairs = [(OPENVINO_INT8, OPENVINO_FP32), (OPENVINO_INT8, ONNX_INT8), (OPENVINO_FP32, ONNX_FP32)]
+    return [(a, b) for a, b in pairs if a in rows and b in rows]
 
 
 def describe_machine(exact_int8_kernels: bool) -> str:
@@ -57,6 +74,8 @@ def describe_machine(exact_int8_kernels: bool) -> str:
         "x86 without VNNI" if int8_pairs_saturate() else "INT8 sums exact in 32 bits (VNNI or not x86)"
     )
     kernels = "; INT8 on ORT's exact u8u8 kernels (model not saturation-safe)" if exact_int8_kernels else ""
+    openvino = f", OpenVINO CPU ({OPENVINO_PRECISION})" if openvino_available() else ""
     return (
-        f"{all_cores()} cores, {arithmetic}; onnxruntime CPU{kernels}; latency = p50/p95 of interleaved runs"
+        f"{all_cores()} cores, {arithmetic}; onnxruntime CPU{kernels}{openvino}; "
+        "latency = p50/p95 of interleaved runs"
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from db.engine import engine_for, ensure_schema
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
+from imgbatch.core.runtimes import require_runtime
 from imgbatch.core.settings import Settings
 from producer.local_redis import local_redis
 from producer.submit import Submitted, record_job
@@ -68,6 +69,7 @@ def run(
     on_notice: Notice | None = None,
 ) -> RunOutcome:
     read_model_info(model_path)  # a bad model stops us before anything starts
+    require_runtime(settings.runtime)
     engine = engine_for(settings)
     ensure_schema(engine)
     log_path = settings.data_dir / "logs" / "workers.log"
@@ -82,6 +84,7 @@ def run(
                 "IMGBATCH_MODEL": str(model_path),
                 "IMGBATCH_DATA_DIR": str(settings.data_dir),
                 "IMGBATCH_DECODE": settings.decode,
+                "IMGBATCH_RUNTIME": settings.runtime,
             }
         )
         proc = stack.enter_context(worker_processes(workers, env, log_path))

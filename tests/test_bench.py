@@ -110,7 +110,7 @@ def test_classifier_runs_big_messages_in_small_inference_batches(model_path: Pat
     missing = str(photo_dir / "gone.jpg")
     batch = [paths[0], missing, *paths[1:]]
     whole = Classifier.load(model_path, 1)
-    chunked = Classifier(whole.session, whole.info, infer_batch=3)
+    chunked = Classifier(whole.runner, infer_batch=3)
     a, b = whole.classify(batch), chunked.classify(batch)
     assert [p.path for p in b] == batch
     assert b[1].error == "file not found" and b[1].top is None

@@ -84,10 +84,13 @@ def test_torchscript_end_to_end(tmp_path: Path, tiny_files: dict[str, Path]) -> 
         "0",
         "--min-speedup",
         "0",
+        "--runtime",
+        "openvino",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| ONNX INT8 |" in result.stdout and "Gate: PASSED" in result.stdout
+    assert "Applied to the runtime openvino" in result.stdout
     assert "histogram" not in result.stdout  # ORT's calibration progress prints stay out of the report
     session, info = open_session(out)
     assert info.extra["imgbatch.source_sha256"]
@@ -96,10 +99,14 @@ def test_torchscript_end_to_end(tmp_path: Path, tiny_files: dict[str, Path]) -> 
     assert json.loads(info.quantization)["bias_correction"] is True
     assert json.loads((out.parent / "tiny.int8.quant.json").read_text()) == json.loads(info.quantization)
     report = json.loads((out.parent / "tiny.int8.report.json").read_text())
-    assert [r["name"] for r in report["rows"]] == ["PyTorch eager FP32", "ONNX FP32", "ONNX INT8"]
-    int8 = report["rows"][2]
-    assert {(lat["batch"], lat["threads"]) for lat in int8["latency"]} >= {(1, 1), (8, 1)}
-    assert 0.0 <= int8["top1_agreement"] <= 1.0
+    # Both runtimes measured: the ONNX models on onnxruntime and on OpenVINO; the gate on OpenVINO's.
+    assert [r["name"] for r in report["rows"]] == [
+        "PyTorch eager FP32", "ONNX FP32", "ONNX INT8", "ONNX FP32 on OpenVINO", "ONNX INT8 on OpenVINO",
+    ]  # fmt: skip
+    for int8 in (report["rows"][2], report["rows"][4]):
+        assert {(lat["batch"], lat["threads"]) for lat in int8["latency"]} >= {(1, 1), (8, 1)}
+        assert 0.0 <= int8["top1_agreement"] <= 1.0
+    assert report["gate"]["runtime"].startswith("openvino")
     assert (out.parent / "tiny.int8.report.md").read_text().startswith("# Export report")
     # Dynamic batch axis: batch 3 runs.
     assert session.run(None, {"input": torch.zeros(3, 3, 224, 224).numpy()})[0].shape == (3, 1000)

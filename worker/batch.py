@@ -121,7 +121,7 @@ class Batch:
             self._count_transient([item], reason or "transient failure")
         for item, pred in zip(todo, preds, strict=True):
             if not pred.unfinished and not pred.transient:
-                self.rows.append(self._row(item[0], pred, classifier.info.sha256))
+                self.rows.append(self._row(item[0], pred, classifier.info.sha256, classifier.runner.name))
 
     # ------------------------------------------------------------------ poison inputs
     def _after_leftovers(self, todo: list[list[Any]]) -> list[list[Any]]:
@@ -219,7 +219,10 @@ class Batch:
         return lambda: self.rt.ledger.count_attempt(self.job_id, image_id)
 
     # ------------------------------------------------------------------ persisting
-    def _row(self, image_id: int, pred: Prediction, model_sha: str) -> dict[str, Any]:
+    def _row(
+        self, image_id: int, pred: Prediction, model_sha: str, runtime: str | None = None
+    ) -> dict[str, Any]:
+        """``runtime``: the runtime of the classifier that handled the image (None: no model saw it)."""
         top = pred.top[0] if pred.top else None
         return {
             "job_id": self.job_id,
@@ -237,6 +240,7 @@ class Batch:
             "batch_size": len(self.items),
             "worker": self.rt.name,
             "model_sha256": model_sha or getattr(self.rt.jobs.get(self.job_id), "model_sha256", ""),
+            "runtime": runtime,
         }
 
     def _persist(self) -> int:

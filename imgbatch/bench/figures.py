@@ -36,12 +36,17 @@ def target_checks(figures: dict[str, float | None]) -> dict[str, dict[str, Any]]
     return out
 
 
-def find_run(runs: list[Run], workers: int, batch_size: int, decode: str | None = None) -> Run | None:
+def find_run(
+    runs: list[Run], workers: int, batch_size: int, decode: str | None = None, runtime: str | None = None
+) -> Run | None:
+    """The run with ``workers`` and ``batch_size`` (with ``decode`` and on ``runtime``, when given)."""
     return next(
         (
             r
             for r in runs
-            if (r["workers"], r["batch_size"]) == (workers, batch_size) and decode in (None, r["decode"])
+            if (r["workers"], r["batch_size"]) == (workers, batch_size)
+            and decode in (None, r["decode"])
+            and runtime in (None, r.get("runtime"))
         ),
         None,
     )
@@ -50,11 +55,11 @@ def find_run(runs: list[Run], workers: int, batch_size: int, decode: str | None 
 def decode_ratios(
     plan: BenchPlan, bare: dict[str, Run], runs: list[Run]
 ) -> dict[str, dict[str, float | None]]:
-    """Per decoder, its primary run against what a user would write (Pillow + onnxruntime), against
-    the bare loop with the same decoder, and against Ray Data."""
+    """Per decoder (on the first runtime), its primary run against what a user would write (Pillow +
+    onnxruntime), against the bare loop with the same decoder, and against Ray Data."""
     out = {}
     for decode in plan.decodes:
-        rate = _rate(find_run(runs, plan.primary_workers, plan.primary_batch, decode))
+        rate = _rate(find_run(runs, plan.primary_workers, plan.primary_batch, decode, plan.primary_runtime))
         out[decode] = {
             "images_per_s": rate,
             "vs_bare_pillow": ratio(rate, bare["pillow"]["images_per_s"]),
@@ -64,14 +69,31 @@ def decode_ratios(
     return out
 
 
+def runtime_figures(plan: BenchPlan, bare: dict[str, Run], runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """Per runtime of the workers (with the first decoder), its primary run against the bare loop a
+    user would write (Pillow decode + onnxruntime) and against the primary runtime's pipeline."""
+    workers, batch, decode = plan.primary_workers, plan.primary_batch, plan.primary_decode
+    first = _rate(find_run(runs, workers, batch, decode, plan.primary_runtime))
+    out = {}
+    for runtime in plan.runtimes:
+        rate = _rate(find_run(runs, workers, batch, decode, runtime))
+        out[runtime] = {
+            "images_per_s": rate,
+            "pipeline_vs_bare_pillow": ratio(rate, bare["pillow"]["images_per_s"]),
+            "vs_primary_runtime": ratio(rate, first),
+        }
+    return out
+
+
 def ratio_figures(
     plan: BenchPlan, bare: dict[str, Run], runs: list[Run], fp32_run: Run | None
 ) -> dict[str, float | None]:
-    """The ratios of the primary INT8 run (``runs`` are the INT8 ones) to the bare loops, Ray Data, FP32
-    and one worker, and the peak RSS at onnxruntime batch 8."""
-    primary_run = find_run(runs, plan.primary_workers, plan.primary_batch, plan.primary_decode)
+    """The ratios of the primary INT8 run (``runs`` are the INT8 ones; first decoder, first runtime) to
+    the bare loops, Ray Data, FP32 and one worker, and the peak RSS at runtime batch 8."""
+    decode, runtime = plan.primary_decode, plan.primary_runtime
+    primary_run = find_run(runs, plan.primary_workers, plan.primary_batch, decode, runtime)
     primary = _rate(primary_run)
-    one_worker = _rate(find_run(runs, 1, plan.primary_batch, plan.primary_decode))
+    one_worker = _rate(find_run(runs, 1, plan.primary_batch, decode, runtime))
     rss8 = [v for r in runs if r["infer_batch"] == 8 for v in r["peak_rss_mb"]]
     return {
         "pipeline_vs_bare_pillow": ratio(primary, bare["pillow"]["images_per_s"]),

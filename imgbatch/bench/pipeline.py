@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from db.engine import ensure_schema, make_engine, session_factory
 from db.models import ImageStatus
 from db.reads import job_summary, result_count
+from imgbatch.bench.plan import PipelineCase
 from imgbatch.core.errors import UserError
 from imgbatch.core.settings import Settings
 
@@ -36,6 +37,7 @@ class PipelineRun:
     decode: str  # the workers' IMGBATCH_DECODE
     workers: int
     batch_size: int  # paths per task message
+    runtime: str  # the workers' inference runtime
     infer_batch: int  # images per onnxruntime call: min(batch_size, worker.classify.INFER_BATCH)
     job_id: str
     images: int
@@ -66,7 +68,7 @@ class Bench:
     def db_url(self) -> str:
         return str(self.engine.url.render_as_string(hide_password=False))
 
-    def env(self, model: Path, decode: str = "exact") -> dict[str, str]:
+    def env(self, model: Path, decode: str = "exact", runtime: str = "onnxruntime") -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGBATCH_")}
         env.update(
             {
@@ -75,6 +77,7 @@ class Bench:
                 "IMGBATCH_MODEL": str(model),
                 "IMGBATCH_DATA_DIR": str(self.work / "data"),
                 "IMGBATCH_DECODE": decode,
+                "IMGBATCH_RUNTIME": runtime,
             }
         )
         return env
@@ -111,19 +114,18 @@ def run_pipeline(
     bench: Bench,
     directory: Path,
     warmup: Path,
-    model: Path,
-    label: str,
-    workers: int,
-    batch_size: int,
-    decode: str = "exact",
+    case: PipelineCase,
 ) -> PipelineRun:
-    """Start ``workers`` pool processes, warm them up on a small job, then time a job over ``directory``."""
+    """Start the case's worker processes (its model, runtime, count), warm them up on a small job, then
+    time a job over ``directory`` at its batch size."""
+    model, label, workers, batch_size = case.model, case.label, case.workers, case.batch_size
     from producer.embedded import worker_processes
     from producer.submit import record_job
     from producer.watch import Watcher
 
-    log = bench.work / "logs" / f"workers-{label}-{decode}-{workers}x{batch_size}-{time.time_ns()}.log"
-    with worker_processes(workers, bench.env(model, decode), log) as proc:
+    tag = f"{label}-{case.decode}-{case.runtime}-{workers}x{batch_size}-{time.time_ns()}"
+    log = bench.work / "logs" / f"workers-{tag}.log"
+    with worker_processes(workers, bench.env(model, case.decode, case.runtime), log) as proc:
         _wait_ready(proc, log)
         watcher = Watcher(bench.settings, bench.engine, bench.broker_url)
         warm = record_job([warmup], model, batch_size, bench.engine, bench.broker_url, new=True)
@@ -136,7 +138,7 @@ def run_pipeline(
 
         watcher.watch(submitted.job_id, on_progress=alive)
         rss = pool_peak_rss_mb(proc.pid)
-    return job_run(bench.engine, submitted.job_id, label, workers, batch_size, rss, decode)
+    return job_run(bench.engine, submitted.job_id, label, workers, batch_size, rss, case.decode, case.runtime)
 
 
 def job_run(
@@ -147,6 +149,7 @@ def job_run(
     batch_size: int,
     rss: list[float],
     decode: str = "exact",
+    runtime: str = "onnxruntime",
 ) -> PipelineRun:
     from db.reads import stage_samples
     from worker.classify import INFER_BATCH
@@ -160,6 +163,7 @@ def job_run(
         decode=decode,
         workers=workers,
         batch_size=batch_size,
+        runtime=runtime,
         infer_batch=min(batch_size, INFER_BATCH),
         job_id=job_id,
         images=summary.total,

@@ -31,6 +31,7 @@ class PipelineCase:
     workers: int  # worker processes
     batch_size: int  # paths per task message
     decode: str = "exact"  # the workers' IMGBATCH_DECODE
+    runtime: str = "onnxruntime"  # the workers' IMGBATCH_RUNTIME: "onnxruntime" or "openvino"
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,15 @@ class BenchPlan:
     repeat: int = 1  # rounds; each figure is the best of its rounds
     ray: bool = False  # also run the job on Ray Data
     decodes: tuple[str, ...] = ("exact",)  # the workers' decoders; the first is the ratios' one
+    runtimes: tuple[str, ...] = ("onnxruntime",)  # the workers' runtimes; the first is the ratios' one
 
     @property
     def primary_decode(self) -> str:
         return self.decodes[0]
+
+    @property
+    def primary_runtime(self) -> str:
+        return self.runtimes[0]
 
     @property
     def primary_workers(self) -> int:
@@ -65,18 +71,25 @@ class BenchPlan:
         return PRIMARY_BATCH if PRIMARY_BATCH in self.batch_sizes else max(self.batch_sizes)
 
     def int8_cases(self) -> list[PipelineCase]:
-        """The INT8 grid, every decoder by every worker count by every batch size, in the table's order."""
+        """The INT8 grid, every runtime by every decoder by every worker count by every batch size, in
+        the table's order."""
         return [
-            PipelineCase("int8", self.model_path, workers, batch_size, decode)
+            PipelineCase("int8", self.model_path, workers, batch_size, decode, runtime)
+            for runtime in self.runtimes
             for decode in self.decodes
             for workers in self.worker_counts
             for batch_size in self.batch_sizes
         ]
 
-    def primary_case(self, decode: str | None = None) -> PipelineCase:
-        """The run the ratio lines use (of ``decode``; by default the first decoder)."""
+    def primary_case(self, decode: str | None = None, runtime: str | None = None) -> PipelineCase:
+        """The run the ratio lines use (of ``decode`` and ``runtime``; by default the first of each)."""
         return PipelineCase(
-            "int8", self.model_path, self.primary_workers, self.primary_batch, decode or self.primary_decode
+            "int8",
+            self.model_path,
+            self.primary_workers,
+            self.primary_batch,
+            decode or self.primary_decode,
+            runtime or self.primary_runtime,
         )
 
     def fp32_case(self) -> PipelineCase | None:
@@ -84,13 +97,18 @@ class BenchPlan:
         if self.fp32_path is None:
             return None
         return PipelineCase(
-            "fp32", self.fp32_path, self.primary_workers, self.primary_batch, self.primary_decode
+            "fp32",
+            self.fp32_path,
+            self.primary_workers,
+            self.primary_batch,
+            self.primary_decode,
+            self.primary_runtime,
         )
 
     def round_cases(self) -> list[PipelineCase]:
         """The pipeline jobs of one round: the ratios' runs first (right after the bare loops they are
         compared with), then the rest of the grid, then FP32."""
-        primaries = {self.primary_case(decode) for decode in self.decodes}
+        primaries = {self.primary_case(d, r) for d in self.decodes for r in self.runtimes}
         cases = sorted(self.int8_cases(), key=lambda case: case not in primaries)
         fp32 = self.fp32_case()
         return cases if fp32 is None else [*cases, fp32]

@@ -31,8 +31,12 @@ class _Classify:
     def __init__(self) -> None:
         from worker.classify import Classifier
 
+        # Ray Data with onnxruntime: the comparison the issue names (what a user would pick).
         self.classifier = Classifier.load(
-            Path(self.model), self.threads, decode="fast" if self.decode == "fast" else "exact"
+            Path(self.model),
+            self.threads,
+            decode="fast" if self.decode == "fast" else "exact",
+            runtime="onnxruntime",
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

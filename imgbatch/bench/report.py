@@ -29,6 +29,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         *ratio_lines(result),
         *decode_ratio_lines(result["decode_ratios"]),
+        *runtime_lines(result),
         f"every image of every bench job has exactly one result row: "
         f"{'yes' if result['one_result_per_image'] else 'NO'}",
         *parity_lines(result["decoder_parity"]),
@@ -40,7 +41,7 @@ def render(result: dict[str, Any]) -> str:
 def _pipeline_label(run: dict[str, Any]) -> str:
     return (
         f"pipeline, decode {run['decode']} (submit -> Redis -> {run['workers']} worker processes -> SQLite), "
-        f"batch {run['batch_size']}"
+        f"batch {run['batch_size']}, {run['runtime']}"
     )
 
 
@@ -56,20 +57,21 @@ def stage_cell(stages: dict[str, dict[str, float]], stage: str) -> str:
 def pipeline_table(runs: list[dict[str, Any]]) -> str:
     """One line per run, perf_analyzer style: throughput, stage latency p50/p95/p99, peak RSS per worker."""
     header = (
-        f"{'model':5} {'decode':6} {'workers':>7} {'batch':>5} {'ort':>3} {'images':>6} {'images/s':>9}  "
+        f"{'model':5} {'decode':6} {'runtime':11} {'workers':>7} {'batch':>5} {'ort':>3} {'images':>6} "
+        f"{'images/s':>9}  "
         + "  ".join(f"{name + ' p50/p95/p99 ms':>26}" for name in STAGE_NAMES)
         + f"  {'peak RSS MB/worker':>18}"
     )
     lines = [
-        "batch = paths per task message; ort = images per onnxruntime call; latencies are per image",
+        "batch = paths per task message; ort = images per runtime call; latencies are per image",
         header,
         "-" * len(header),
     ]
     for run in runs:
         rss = ",".join(f"{v:.0f}" for v in run["peak_rss_mb"]) or "-"
         lines.append(
-            f"{run['label']:5} {run['decode']:6} {run['workers']:>7} {run['batch_size']:>5} "
-            f"{run['infer_batch']:>3} {run['images']:>6} {run['images_per_s']:>9.1f}  "
+            f"{run['label']:5} {run['decode']:6} {run['runtime']:11} {run['workers']:>7} "
+            f"{run['batch_size']:>5} {run['infer_batch']:>3} {run['images']:>6} {run['images_per_s']:>9.1f}  "
             + "  ".join(f"{stage_cell(run['stages'], name):>26}" for name in STAGE_NAMES)
             + f"  {rss:>18}"
         )
@@ -123,6 +125,23 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
             for key, text in _INT8_EXPLAINED.items():
                 if result["ratios"].get(key) is not None:
                     lines.append(f"{text:<66} {_fmt(result['ratios'][key], 3):>8}")
+    return lines
+
+
+def runtime_lines(result: dict[str, Any]) -> list[str]:
+    """With more than one runtime (--runtimes): each one's pipeline against the Pillow + onnxruntime
+    bare loop and against the first runtime's pipeline."""
+    figures = result["runtime_ratios"]
+    if len(figures) < 2:
+        return []
+    first = result["config"]["runtimes"][0]
+    lines = []
+    for runtime, ratios in figures.items():
+        label = f"pipeline on {runtime} / bare loop with Pillow decode + onnxruntime"
+        lines.append(f"{label:<66} {_fmt(ratios['pipeline_vs_bare_pillow'], 3):>8}")
+        if runtime != first:
+            label = f"pipeline on {runtime} / pipeline on {first}"
+            lines.append(f"{label:<66} {_fmt(ratios['vs_primary_runtime'], 3):>8}")
     return lines
 
 

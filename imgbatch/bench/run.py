@@ -16,12 +16,13 @@ from typing import Any
 import onnxruntime
 
 from imgbatch.bench.bare import bare_loop
-from imgbatch.bench.figures import Run, decode_ratios, ratio_figures, target_checks
+from imgbatch.bench.figures import Run, decode_ratios, ratio_figures, runtime_figures, target_checks
 from imgbatch.bench.images import describe, job_images
 from imgbatch.bench.models import ensure_fp32_model
 from imgbatch.bench.parity import decoder_parity
 from imgbatch.bench.pipeline import WARMUP_IMAGES_PER_PROCESS, private_services, run_pipeline, warmup_dir
 from imgbatch.bench.plan import BenchPlan, PipelineCase, Say
+from imgbatch.core.runtimes import openvino_version
 from worker.classify import INFER_BATCH
 
 
@@ -72,19 +73,10 @@ def run_rounds(plan: BenchPlan, found: list[Path], job_dir: Path, say: Say) -> R
             _bare_round(plan, found, tag, rounds, say)
             for case in plan.round_cases():
                 say(
-                    f"{tag}pipeline {case.label}, decode {case.decode}: {case.workers} worker processes, "
-                    f"batch {case.batch_size}"
+                    f"{tag}pipeline {case.label}, decode {case.decode}, on {case.runtime}: "
+                    f"{case.workers} worker processes, batch {case.batch_size}"
                 )
-                run = run_pipeline(
-                    services,
-                    job_dir,
-                    warm,
-                    case.model,
-                    case.label,
-                    case.workers,
-                    case.batch_size,
-                    case.decode,
-                ).as_dict()
+                run = run_pipeline(services, job_dir, warm, case).as_dict()
                 rounds.jobs.append(run)
                 _keep_best(rounds.best, case, run)
         rounds.database = str(services.db_url)
@@ -134,6 +126,7 @@ def _result(
             "cpus": plan.cpus,
             "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__,
+            "openvino": openvino_version(),
             "load_avg_1m_at_end": os.getloadavg()[0],
         },
         "model": {
@@ -146,6 +139,7 @@ def _result(
         "config": {
             "worker_counts": list(plan.worker_counts),
             "batch_sizes": list(plan.batch_sizes),
+            "runtimes": list(plan.runtimes),
             "primary_workers": plan.primary_workers,
             "primary_batch": plan.primary_batch,
             "max_workers": plan.primary_workers,
@@ -160,6 +154,7 @@ def _result(
         "fp32": fp32_run,
         "ratios": figures,
         "decode_ratios": decode_ratios(plan, rounds.bare, runs),
+        "runtime_ratios": runtime_figures(plan, rounds.bare, runs),
         "targets": target_checks(figures),
         "one_result_per_image": all(
             r["results"] == r["images"] and r["pending"] == 0 and r["images"] > 0 for r in rounds.jobs

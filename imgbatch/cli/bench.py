@@ -75,6 +75,15 @@ DecodesOpt = Annotated[
         "(default: IMGBATCH_DECODE).",
     ),
 ]
+RuntimesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--runtimes",
+        metavar="LIST",
+        help="Workers' runtimes, e.g. onnxruntime,openvino; the first is the ratio lines' (default: "
+        "IMGBATCH_RUNTIME, auto: the one workers would pick here).",
+    ),
+]
 RayFlag = Annotated[
     bool,
     typer.Option(
@@ -97,6 +106,7 @@ def bench_command(
     repeat: RepeatOpt = 1,
     ray: RayFlag = False,
     decodes: DecodesOpt = None,
+    runtimes: RuntimesOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure the pipeline against a bare decode+inference loop.
@@ -123,6 +133,8 @@ def bench_command(
     fp32_path = None if no_fp32 else (fp32_model or fp32_sibling(model_path)).resolve()
     if fp32_path is not None and fp32_path.is_file():
         check_fp32_twin(fp32_path, info, model_path)  # before any work: a wrong file surfaces in seconds
+    threads = max(1, cpus // max(worker_counts))
+    chosen = _runtimes(runtimes or settings().runtime, model_path, threads)
     if ray:  # fail before any work, not after the bare loops
         from imgbatch.bench.ray_data import require_ray
 
@@ -142,10 +154,24 @@ def bench_command(
             repeat=repeat,
             ray=ray,
             decodes=decoders,
+            runtimes=chosen,
         )
         result = run_bench(plan, say=err_console.print)
         result["work_dir"] = str(work) if work_dir is not None else None
     print(json.dumps(result, indent=2, default=_json_default) if as_json else render(result))
+
+
+def _runtimes(text: str, model_path: Path, threads: int) -> tuple[str, ...]:
+    """The runtimes of --runtimes, in order and without repeats; ``auto`` as workers would resolve it
+    here (measured once and cached)."""
+    from imgbatch.core.runtimes import planned_runtime
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise UserError(f"--runtimes: expected a comma-separated list of runtimes, got {text!r}")
+    cache_dir = settings().cache_dir
+    chosen = [planned_runtime(model_path, threads, name, cache_dir)[0] for name in names]
+    return tuple(dict.fromkeys(chosen))
 
 
 def _ints(text: str, name: str) -> list[int]:

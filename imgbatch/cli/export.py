@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from imgbatch.cli.console import settings
+from imgbatch.cli.params import RuntimeOpt
 from imgbatch.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -98,6 +99,14 @@ IfMissingFlag = Annotated[
 ]
 
 
+def _runtime(runtime: str | None) -> str:
+    from imgbatch.core.runtimes import require_runtime
+
+    chosen = runtime or settings().runtime
+    require_runtime(chosen)
+    return chosen
+
+
 def export_command(
     output: OutputOpt = None,
     arch: ArchOpt = "efficientnet_lite0",
@@ -117,14 +126,16 @@ def export_command(
     no_gate: NoGateFlag = False,
     auto: AutoFlag = False,
     if_missing: IfMissingFlag = False,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Convert a PyTorch model to a gated INT8 ONNX model.
 
     Exports the checkpoint (by default the bundled EfficientNet-Lite0) to FP32 ONNX and checks it against
     PyTorch, quantizes it (--auto: searches the fastest recipe that passes the gate), measures size, speed
     and accuracy of each version on the evaluation photos, and installs the model only if INT8 passes the
-    gate. The report is printed, and written beside the model (<stem>.report.md and .report.json),
-    whether the gate passed or not.
+    gate on the runtime workers will use (--runtime; auto: the one they would pick here). The ONNX
+    models are measured on onnxruntime and, where it is installed, OpenVINO. The report is printed,
+    and written beside the model (<stem>.report.md and .report.json), whether the gate passed or not.
 
     Example: imgbatch export -o model.onnx --eval DIR --labels labels.csv
     """
@@ -151,6 +162,7 @@ def export_command(
         thresholds=_thresholds(min_agreement, max_top1_drop, min_speedup, auto),
         gate=not no_gate,
         auto=auto,
+        runtime=_runtime(runtime),
     )
     try:
         result = export_model(target, _recipe(preset, keep_fp32, calib_count, options), options)

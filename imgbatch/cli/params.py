@@ -40,3 +40,12 @@ DecodeOpt = Annotated[
         "default IMGBATCH_DECODE or exact.",
     ),
 ]
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--runtime",
+        metavar="NAME",
+        help="auto, onnxruntime or openvino (default: IMGBATCH_RUNTIME, else auto: OpenVINO where it is "
+        "measured faster for the model on this CPU).",
+    ),
+]

@@ -30,6 +30,7 @@ FIELDS = [
     "infer_ms",
     "persist_ms",
     "worker",
+    "runtime",
     "top5",
 ]
 
@@ -56,6 +57,7 @@ def result_dicts(
             "infer_ms": round(result.infer_ms, 3),
             "persist_ms": round(result.persist_ms, 3),
             "worker": result.worker,
+            "runtime": result.runtime,
             "top5": result.top5,
         }
 
@@ -88,7 +90,7 @@ def print_table(rows: Iterable[dict[str, Any]], root: str | None = None) -> None
     """
     table = Table(show_lines=False, title=Text(shown(root)) if root else None)
     table.add_column("path", no_wrap=True)
-    for name in ("status", "label", "score", "error", "decode ms", "infer ms"):
+    for name in ("status", "label", "score", "error", "decode ms", "infer ms", "runtime"):
         table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(
@@ -99,5 +101,6 @@ def print_table(rows: Iterable[dict[str, Any]], root: str | None = None) -> None
             Text(shown(row["error"] or "")),
             "" if row["decode_ms"] is None else f"{row['decode_ms']:.1f}",
             "" if row["infer_ms"] is None else f"{row['infer_ms']:.1f}",
+            row["runtime"] or "",
         )
     console.print(table)

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from imgbatch.cli.console import console, err_console, progress_bar, session, sessions, settings
-from imgbatch.cli.params import BatchOpt, DecodeOpt, JobArg, ModelOpt, NewFlag, WaitFlag
+from imgbatch.cli.params import BatchOpt, DecodeOpt, JobArg, ModelOpt, NewFlag, RuntimeOpt, WaitFlag
 from imgbatch.core.errors import UserError
 from imgbatch.core.names import shown
 
@@ -40,6 +40,7 @@ def run(
     batch_size: BatchOpt = None,
     new: NewFlag = False,
     decode: DecodeOpt = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Classify directories here and now, then print a summary.
 
@@ -51,9 +52,7 @@ def run(
     from imgbatch.core.cpus import usable_cpus
     from producer.embedded import run as run_embedded
 
-    config = settings()
-    if decode:
-        config = config.model_copy(update={"decode": decode})
+    config = with_choices(settings(), runtime, decode)
     dirs: list[str | Path] = list(directories or []) or [_sample_dir(config)]
     bar = progress_bar()  # started once the job is recorded: a bad directory prints its one line only
     task = bar.add_task("classifying", total=None)
@@ -96,6 +95,18 @@ def run(
     finally:
         bar.stop()
     print_summary(outcome.submitted.job_id, outcome.seconds, since_finished=started.get("finished", 0))
+
+
+def with_choices(config: Settings, runtime: str | None, decode: str | None = None) -> Settings:
+    """The settings with --runtime and --decode, when given, in place of IMGBATCH_RUNTIME/_DECODE."""
+    if decode is not None:
+        config = config.model_copy(update={"decode": decode})
+    if runtime is None:
+        return config
+    from imgbatch.core.runtimes import require_runtime
+
+    require_runtime(runtime)
+    return config.model_copy(update={"runtime": runtime})
 
 
 def _sample_dir(config: Settings) -> Path:
@@ -332,17 +343,18 @@ def worker(
         str, typer.Option("--loglevel", "-l", metavar="LEVEL", help="DEBUG, INFO, WARNING...")
     ] = "INFO",
     decode: DecodeOpt = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Run a Celery worker.
 
-    One model session per pool process; results are written to the database.
+    One model session per pool process (onnxruntime or OpenVINO, see --runtime); results are written
+    to the database.
 
     Example: IMGBATCH_REDIS_URL=redis://queue:6379/0 imgbatch worker -c 4
     """
     from worker.main import start_worker
 
-    config = settings()
-    start_worker(config.model_copy(update={"decode": decode}) if decode else config, concurrency, loglevel)
+    start_worker(with_choices(settings(), runtime, decode), concurrency, loglevel)
 
 
 def samples(

@@ -80,3 +80,23 @@ def int8_pairs_saturate(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         if line.startswith("flags"):
             return not (_VNNI_FLAGS & set(line.split(":", 1)[1].split()))
     return False
+
+
+def cpu_signature(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """This CPU's model name and a hash of its feature flags: what a speed measured here depends on
+    (two "AMD EPYC" hosts of different generations differ in their flags)."""
+    import hashlib
+    import platform
+
+    model, flags = platform.machine(), ""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return model
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == platform.machine():
+            model = f"{model} {value.strip()}"
+        elif key.strip() == "flags" and not flags:
+            flags = hashlib.sha256(" ".join(sorted(value.split())).encode()).hexdigest()[:12]
+    return f"{model} flags:{flags}" if flags else model

@@ -154,9 +154,24 @@ def inference_session(
     )
 
 
-def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]:
+def read_model_bytes(path: Path) -> bytes:
+    """The model file's bytes, read once: a runtime is made from exactly the bytes that are hashed
+    (no swap in between). Errors are ModelFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"model file not found: {path} (build it with `imgbatch export`, or set IMGBATCH_MODEL)"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+
+
+def open_session(path: Path, intra_op_threads: int = 1, data: bytes | None = None) -> tuple[Any, ModelInfo]:
     """Load an ONNX model with onnxruntime and read its contract. Errors are ModelFileError.
 
+    ``data``: the file's bytes when the caller has read them already (``read_model_bytes``).
     An INT8 model that is not saturation-safe, on an x86 CPU without VNNI, is loaded with ORT's exact
     (slower) kernels rather than let 16-bit sums clip silently, and a warning says so.
     """
@@ -165,23 +180,13 @@ def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]
     from imgbatch.core.cpus import int8_pairs_saturate
 
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(
-            f"model file not found: {path} (build it with `imgbatch export`, or set IMGBATCH_MODEL)"
-        )
-
-    try:
-        # Read once: the session is made from exactly the bytes that are hashed (no swap in between).
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelFileError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+    data = read_model_bytes(path) if data is None else data
 
     def load(exact: bool) -> Any:
         try:
             return inference_session(data, intra_op_threads, exact)
         except Exception as exc:  # ORT raises its own exception types for malformed files
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"cannot load model {path}: {first_line}") from exc
+            raise ModelFileError(f"cannot load model {path}: {first_line(exc)}") from exc
 
     session = load(False)
     info = ModelInfo.from_metadata(path, dict(session.get_modelmeta().custom_metadata_map))
@@ -192,17 +197,34 @@ def open_session(path: Path, intra_op_threads: int = 1) -> tuple[Any, ModelInfo]
             path,
         )
         session = load(True)
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        raise ModelFileError(f"{path}: expected one NCHW image input, got {[i.shape for i in inputs]}")
+    check_input_shapes(path, [i.shape for i in session.get_inputs()])
     _check_outputs(session, info)
     # The identity of what runs is the file's bytes, not what its metadata says (a foreign graph can
     # carry copied metadata).
     return session, replace(info, sha256=hashlib.sha256(data).hexdigest())
 
 
-def _check_outputs(session: Any, info: ModelInfo) -> None:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (runtimes raise long multi-line ones), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_input_shapes(path: Path, shapes: list[Any]) -> None:
+    """The contract's input: exactly one NCHW image tensor."""
+    if len(shapes) != 1 or len(shapes[0]) != 4:
+        raise ModelFileError(f"{path}: expected one NCHW image input, got {shapes}")
+
+
+def check_class_count(info: ModelInfo, classes: int) -> None:
     """The model's class count (its output's last dimension) must equal the labels it carries."""
+    if classes != len(info.labels):
+        raise ModelFileError(
+            f"{info.path}: the model has {classes} outputs but {len(info.labels)} labels in its metadata"
+        )
+
+
+def _check_outputs(session: Any, info: ModelInfo) -> None:
     shape = session.get_outputs()[0].shape
     classes = shape[-1] if shape else None
     if not isinstance(classes, int):
@@ -210,10 +232,7 @@ def _check_outputs(session: Any, info: ModelInfo) -> None:
 
         probe = np.zeros((1, *info.input_size), dtype=np.float32)
         classes = int(session.run(None, {session.get_inputs()[0].name: probe})[0].shape[-1])
-    if classes != len(info.labels):
-        raise ModelFileError(
-            f"{info.path}: the model has {classes} outputs but {len(info.labels)} labels in its metadata"
-        )
+    check_class_count(info, classes)
 
 
 def read_model_info(path: Path) -> ModelInfo:

@@ -21,12 +21,21 @@ def _default_data_dir() -> Path:
     return Path(base) / "imgbatch"
 
 
+def _default_cache_dir() -> Path:
+    # Machine-specific derived data (which runtime is faster here, compiled models): shared by every
+    # data dir of this user, so that a fresh data dir does not measure again.
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "imgbatch"
+
+
 class Settings(BaseSettings):
     """Configuration from ``IMGBATCH_*`` environment variables; defaults run the embedded mode."""
 
     model_config = SettingsConfigDict(env_prefix="IMGBATCH_", extra="ignore")
 
     data_dir: Path = Field(default_factory=_default_data_dir)
+    # Measured runtime choices and OpenVINO's compiled models (imgbatch.core.runtimes).
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
     # None means embedded: a private redis-server started by `imgbatch run`.
     redis_url: str | None = None
     # None means SQLite at <data_dir>/imgbatch.db.
@@ -81,7 +90,7 @@ class Settings(BaseSettings):
     # Files larger than this are refused from stat, before any read (see imgbatch.core.files).
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
 
-    @field_validator("data_dir", "model", mode="before")
+    @field_validator("data_dir", "cache_dir", "model", mode="before")
     @classmethod
     def _expand_user(cls, value: object) -> object:
         return Path(value).expanduser() if isinstance(value, str) and value else value
