@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from imgbatch.core.files import DEFAULT_MAX_FILE_BYTES, TransientFileError, read_image_file
+from imgbatch.core.files import DEFAULT_MAX_FILE_BYTES, TransientFileError
 from imgbatch.core.modelfile import ModelInfo, open_session
 from imgbatch.core.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_tensor
+from imgbatch.core.stores import read_image
 
 TOP_K = 5
 # Images per onnxruntime call. A task message may carry more paths (fewer Redis round trips, fewer
@@ -109,14 +110,14 @@ class Classifier:
         session, info = open_session(model_path, intra_op_threads)
         return cls(session, info, max_pixels, max_bytes=max_bytes, timeout_s=timeout_s)
 
-    def decode(self, path: str) -> np.ndarray | Prediction:
-        """The model input of one file, or its outcome when it has none."""
+    def decode(self, path: str, size_bytes: int | None = None) -> np.ndarray | Prediction:
+        """The model input of one file or object (`size_bytes`: from its listing), or its outcome when
+        it has none."""
         start = time.perf_counter()
         try:
             with image_timer(self.timeout_s):
-                return decode_tensor(
-                    read_image_file(path, self.max_bytes), self.info.preprocess, self.max_pixels
-                )
+                data = read_image(path, size_bytes, self.max_bytes)
+                return decode_tensor(data, self.info.preprocess, self.max_pixels)
         except ImageDecodeError as exc:
             return Prediction(path, _ms_since(start), error=str(exc))
         except ImageTimeout:
@@ -134,8 +135,10 @@ class Classifier:
         reasons: dict[str, str] | None = None,
         guard: Guard = _no_guard,
         stop_on: tuple[type[BaseException], ...] = (),
+        sizes: dict[str, int | None] | None = None,
     ) -> list[Prediction]:
-        """Classify a batch; `reasons` maps paths already refused (e.g. outside the job) to why.
+        """Classify a batch; `reasons` maps paths already refused (e.g. outside the job) to why,
+        `sizes` object URLs to the size their listing gave.
 
         Decodes and runs `infer_batch` images at a time; predictions come back in the order of
         `paths`. An exception of a `stop_on` type (Celery's soft time limit) stops the batch: what
@@ -151,7 +154,7 @@ class Classifier:
                 continue
             try:
                 with guard(index):
-                    outcome = self._decode_guarded(path, stop_on)
+                    outcome = self._decode_guarded(path, stop_on, (sizes or {}).get(path))
             except stop_on:
                 preds += [Prediction(p, 0.0, unfinished=True) for p in paths[index:]]
                 break
@@ -170,11 +173,11 @@ class Classifier:
         return preds
 
     def _decode_guarded(
-        self, path: str, stop_on: tuple[type[BaseException], ...]
+        self, path: str, stop_on: tuple[type[BaseException], ...], size_bytes: int | None = None
     ) -> tuple[np.ndarray, float] | Prediction:
         start = time.perf_counter()
         try:
-            outcome = self.decode(path)
+            outcome = self.decode(path, size_bytes)
         except stop_on:
             raise
         except Exception as exc:  # anything else a decoder raises is this image's error, not the batch's
