@@ -50,8 +50,9 @@ def store_root(url: str) -> str:
     if scheme not in STORE_SCHEMES:
         raise UserError(f"unknown store in {redact_url(url)!r}: use s3://, gs:// or az://")
     if "@" in parts.netloc or parts.query or parts.fragment:
+        shown = redact_url(url.split("?", 1)[0].split("#", 1)[0]) + ("?***" if parts.query else "")
         raise UserError(
-            f"credentials or parameters in {redact_url(url)!r} are not accepted: give them the store's "
+            f"credentials or parameters in {shown!r} are not accepted: give them the store's "
             "usual way (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, an instance role)"
         )
     if not parts.netloc:
@@ -66,7 +67,7 @@ def inside_prefixes(url: str, roots: list[str]) -> bool:
     """Whether the object `url` lies under one of the job's root prefixes. Keys are not paths (S3
     keeps ``a/../b`` as is), but anything in between may normalize them: such keys are refused."""
     scheme, sep, rest = url.partition("://")
-    if not sep or any(part in (".", "..", "") for part in rest.split("/")[1:]):
+    if not sep or any(part in (".", "..") for part in rest.split("/")[1:]):
         return False
     normal = f"{scheme.lower()}://{rest}"
     return any(normal.startswith(root) for root in roots if is_url(root))
@@ -74,10 +75,15 @@ def inside_prefixes(url: str, roots: list[str]) -> bool:
 
 def filesystem(url: str) -> Any:
     """The fsspec filesystem of a URL's store, configured from the environment as its library is.
-    fsspec caches instances per process and makes new ones after a fork."""
+    fsspec caches instances per process and makes new ones after a fork. ImportError names the
+    library to install (gcsfs, adlfs)."""
     import fsspec
 
-    return fsspec.filesystem(urlsplit(url).scheme.lower())
+    scheme = urlsplit(url).scheme.lower()
+    try:
+        return fsspec.filesystem(scheme)
+    except ImportError as exc:
+        raise ImportError(f"reading {scheme}:// needs a library that is not installed: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------- listing
@@ -86,8 +92,11 @@ def list_objects(root: str) -> Iterator[tuple[str, int]]:
     is one page whatever the number of keys. Folder markers (keys ending in ``/``) are left out.
 
     Raises UserError when the bucket does not exist, or the store cannot be reached or refuses us."""
-    fs = filesystem(root)
     scheme = urlsplit(root).scheme.lower()
+    try:
+        fs = filesystem(root)
+    except ImportError as exc:
+        raise UserError(str(exc).splitlines()[0]) from exc
     try:
         if hasattr(fs, "_iterdir"):  # s3fs: ListObjectsV2 pages, no delimiter, so the whole subtree
             yield from _paged(fs, scheme, root)
@@ -136,8 +145,8 @@ def _walked(fs: Any, scheme: str, root: str) -> Iterator[tuple[str, int]]:
 def read_object(url: str, size_bytes: int | None, max_bytes: int) -> bytes:
     """The object's bytes, refused from the listed size before any download (or from a HEAD when the
     size is not known); one ranged GET that never fetches more than `max_bytes` + 1."""
-    fs = filesystem(url)
     try:
+        fs = filesystem(url)  # an ImportError here is this host's problem: transient, below
         if size_bytes is None:
             size_bytes = int(fs.info(url)["size"])
         _refuse(size_bytes, max_bytes)
