@@ -154,6 +154,7 @@ def test_bad_sources_are_one_line_errors(
     }
     missing = "no such bucket or prefix: s3://no-such-bucket-imgbatch/"
     assert_one_line_error(run_cli(["submit", "s3://no-such-bucket-imgbatch/photos/"], env), missing)
+    assert_one_line_error(run_cli(["run", "s3://no-such-bucket-imgbatch/photos/"], env), missing)
     empty = f"no objects under s3://{bucket}/nothing-here/"
     assert_one_line_error(run_cli(["submit", f"s3://{bucket}/nothing-here/"], env), empty)
     s3_server.upload(bucket, {"docs/readme.txt": b"text"})
