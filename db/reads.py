@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, aliased
@@ -262,12 +262,20 @@ def iter_image_batches(
         last_id = batch[-1][0]
 
 
-def job_images(session: Session, job_id: str, image_ids: list[int]) -> dict[int, tuple[str, ImageStatus]]:
-    """{id: (stored path, state)} of those of `image_ids` that belong to the job."""
+class KnownImage(NamedTuple):
+    path: str  # as stored (imgbatch.core.names)
+    state: ImageStatus
+    size_bytes: int | None  # from the listing of an object store; None for files
+
+
+def job_images(session: Session, job_id: str, image_ids: list[int]) -> dict[int, KnownImage]:
+    """{id: (stored path, state, listed size)} of those of `image_ids` that belong to the job."""
     rows = session.execute(
-        select(Image.id, Image.path, Image.state).where(Image.job_id == job_id, Image.id.in_(image_ids))
+        select(Image.id, Image.path, Image.state, Image.size_bytes).where(
+            Image.job_id == job_id, Image.id.in_(image_ids)
+        )
     ).all()
-    return {r.id: (r.path, ImageStatus(r.state)) for r in rows}
+    return {r.id: KnownImage(r.path, ImageStatus(r.state), r.size_bytes) for r in rows}
 
 
 def error_image_ids(

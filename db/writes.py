@@ -4,6 +4,7 @@ commits each chunk in its own short transaction."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -37,11 +38,16 @@ def create_job(
     return job
 
 
-def insert_images(session: Session, job_id: str, paths: Iterable[str | bytes]) -> None:
-    """Record file names as pending images of the job; a name already recorded is skipped."""
+def insert_images(
+    session: Session, job_id: str, paths: Iterable[str | bytes], sizes: Iterable[int | None] | None = None
+) -> None:
+    """Record file names (or object URLs) as pending images of the job, with the size their listing
+    gave when it gave one; a name already recorded is skipped."""
     batch: list[dict[str, Any]] = []
-    for path in paths:
-        batch.append({"job_id": job_id, "path": encode_path(path), "state": ImageStatus.PENDING})
+    for path, size in zip(paths, itertools.repeat(None) if sizes is None else sizes, strict=False):
+        batch.append(
+            {"job_id": job_id, "path": encode_path(path), "state": ImageStatus.PENDING, "size_bytes": size}
+        )
         if len(batch) >= _INSERT_CHUNK:
             _insert_ignore(session, Image, batch, ["job_id", "path"])
             batch = []

@@ -18,6 +18,7 @@ from imgbatch.core.modelfile import read_model_info
 from imgbatch.core.runtimes import require_runtime
 from imgbatch.core.settings import Settings
 from producer.local_redis import local_redis
+from producer.scan import resolve_sources
 from producer.submit import Submitted, record_job
 from producer.watch import Notice, Watcher
 from worker.app import check_redis
@@ -70,6 +71,7 @@ def run(
 ) -> RunOutcome:
     read_model_info(model_path)  # a bad model stops us before anything starts
     require_runtime(settings.runtime)
+    directories = list(resolve_sources(directories))  # so does a missing directory, bucket or prefix
     engine = engine_for(settings)
     ensure_schema(engine)
     log_path = settings.data_dir / "logs" / "workers.log"

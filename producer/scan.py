@@ -1,4 +1,5 @@
-"""Walk the submitted directories for image files, iteratively and in constant memory per directory."""
+"""Walk the submitted directories for image files, iteratively and in constant memory per directory;
+list the submitted object-store prefixes a page at a time (imgbatch.core.stores)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from imgbatch.core.errors import UserError
+from imgbatch.core.stores import is_url, list_objects, store_root
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -28,6 +30,41 @@ def resolve_roots(directories: Sequence[str | Path]) -> list[Path]:
         if real not in roots:
             roots.append(real)
     return roots
+
+
+def resolve_sources(sources: Sequence[str | Path]) -> list[str]:
+    """The job's roots: directories resolved (`resolve_roots`), URL prefixes normalized and checked to
+    hold at least one object, so that a missing bucket or an empty prefix is a UserError before any
+    job is recorded."""
+    if not sources:
+        raise UserError("give at least one directory of images (or an s3://, gs:// or az:// prefix)")
+    roots: list[str] = []
+    for source in sources:
+        if is_url(str(source)):
+            root = store_root(str(source))
+            if next(list_objects(root), None) is None:
+                raise UserError(f"no objects under {root}")
+        else:
+            root = str(resolve_roots([source])[0])
+        if root not in roots:
+            roots.append(root)
+    return roots
+
+
+def listing(roots: Sequence[str]) -> Iterator[tuple[str, int | None]]:
+    """(image path or object URL, size from the listing or None) of every image under the roots:
+    directories as `scan` walks them, prefixes as their store lists them, page by page. An object
+    is an image by its extension, as a file is; a prefix inside another root is listed once."""
+    urls = [r for r in roots if is_url(r)]
+    directories = [Path(r) for r in roots if not is_url(r)]
+    for path in scan(directories):
+        yield path, None
+    for root in urls:
+        if any(other != root and root.startswith(other) for other in urls):
+            continue
+        for url, size in list_objects(root):
+            if os.path.splitext(url.rsplit("/", 1)[-1])[1].lower() in IMAGE_EXTENSIONS:
+                yield url, size
 
 
 def scan(roots: Sequence[Path]) -> Iterator[str]:

@@ -1,6 +1,7 @@
-"""Record a job and its images, streaming: the scan inserts its names a chunk per short transaction,
-and the job stays SCANNING until the scan is over, so workers start on the first images while it goes
-on. Sending batches is the workers' dispatcher's job (worker.dispatcher), not the producer's."""
+"""Record a job and its images, streaming: the scan of its directories (or the listing of its
+object-store prefixes) inserts its names a chunk per short transaction, and the job stays SCANNING
+until the scan is over, so workers start on the first images while it goes on. Sending batches is
+the workers' dispatcher's job (worker.dispatcher), not the producer's."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,10 +21,11 @@ from db.reads import find_unfinished_job, job_counts, job_state
 from db.writes import count_images, create_job, delete_job_chunk, insert_images, mark_scanned
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
-from producer.scan import resolve_roots, scan
+from producer.scan import listing, resolve_sources
 from worker.app import check_redis
 
 DEFAULT_SCAN_CHUNK = 2000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Submitted:
 
 
 def record_job(
-    directories: list[str | Path],
+    directories: list[str | Path],  # or object-store URL prefixes
     model_path: Path,
     batch_size: int,
     engine: Engine,
@@ -47,7 +50,7 @@ def record_job(
 
     The job's model is identified by the sha256 of the file's bytes.
     """
-    roots = [str(r) for r in resolve_roots(directories)]
+    roots = resolve_sources(directories)
     info = read_model_info(model_path)
     check_redis(broker_url)
     ensure_schema(engine)
@@ -77,12 +80,12 @@ def scan_into(sessions: sessionmaker[Session], job_id: str, roots: list[str], ch
     """Insert the roots' image names into the job, `chunk` rows per transaction (a name already there
     is skipped), then move it from SCANNING to RUNNING. Stops early if the job was cancelled.
     Returns how many images the job has."""
-    for names in _chunks(scan([Path(r) for r in roots]), chunk):
+    for found in _chunks(listing(roots), chunk):
         with sessions() as session:  # a read of its own: the insert's transaction starts with a write
             if job_state(session, job_id) != JobState.SCANNING:
                 break
         with sessions.begin() as session:
-            insert_images(session, job_id, names)
+            insert_images(session, job_id, [name for name, _ in found], [size for _, size in found])
     with sessions.begin() as session:
         total = count_images(session, job_id)
         if total:
@@ -95,7 +98,7 @@ def _delete_chunk(sessions: sessionmaker[Session], job_id: str) -> int:
         return delete_job_chunk(session, job_id)
 
 
-def _chunks(names: Iterable[str], size: int) -> Iterator[list[str]]:
+def _chunks(names: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(names)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk

@@ -249,3 +249,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line("|---|---|---|---|---|---|---|---|")
         for row in FAULT_TABLE:
             terminalreporter.write_line(row)
+
+
+# ---------------------------------------------------------------------------- object store
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:  # type: ignore[type-arg]
+    """moto's standalone S3 server on 127.0.0.1 (a free port) for the whole session; processes reach
+    it through `s3_server.env()` (the standard AWS variables), never through this process's environ."""
+    from s3server import MotoServer
+
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log").start()
+    yield server
+    server.stop()

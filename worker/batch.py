@@ -25,6 +25,7 @@ from db.reads import job_images, job_source
 from db.writes import finish_job_if_complete, save_results, set_persist_ms
 from imgbatch.core.files import inside_roots
 from imgbatch.core.names import decode_path, open_path, shown
+from imgbatch.core.stores import inside_prefixes, is_url
 from worker.classify import Classifier, Prediction
 from worker.ledger import Entry, Marker, marker_text
 from worker.metrics import observe_batch
@@ -57,6 +58,7 @@ class Batch:
         self.deferred: list[Entry] = []
         self.marked: int | None = None
         self.markers_on = True
+        self.sizes: dict[str, int | None] = {}  # stored path -> size its listing gave (object stores)
 
     # ------------------------------------------------------------------ the steps
     def run(self) -> int:
@@ -88,15 +90,16 @@ class Batch:
         committed batch finds none): trust the database, not the message."""
         with self.rt.sessions() as session:
             known = job_images(session, self.job_id, [i for i, _ in self.items])
-        foreign = [it for it in self.items if known.get(it[0], ("",))[0] != it[1]]
+        foreign = [it for it in self.items if it[0] not in known or known[it[0]].path != it[1]]
         if foreign:
             log.warning(
                 "job %s: ignored %d batch items that are not this job's images", self.job_id, len(foreign)
             )
-        return [it for it in self.items if it not in foreign and known[it[0]][1] == ImageStatus.PENDING]
+        self.sizes = {known[it[0]].path: known[it[0]].size_bytes for it in self.items if it not in foreign}
+        return [it for it in self.items if it not in foreign and known[it[0]].state == ImageStatus.PENDING]
 
     def _classify(self, job: JobInfo, todo: list[list[Any]]) -> None:
-        missing = next((r for r in job.roots if not os.path.isdir(r)), None)
+        missing = next((r for r in job.roots if not is_url(r) and not os.path.isdir(r)), None)
         if missing is not None:
             root = shown(os.fsdecode(missing))
             self._count_transient(todo, f"job directory {root} not found on {self.rt.host}")
@@ -110,8 +113,11 @@ class Batch:
             return
         todo = self._after_leftovers(todo)
         paths = [open_path(p) for _, p in todo]
-        reasons = {p: "outside the job's directories" for p in paths if not inside_roots(p, job.roots)}
-        preds = classifier.classify(paths, reasons, self._guard(todo), stop_on=(SoftTimeLimitExceeded,))
+        reasons = {p: "outside the job's directories" for p in paths if not _inside_job(p, job.roots)}
+        sizes = {open_path(p): size for p, size in self.sizes.items()}
+        preds = classifier.classify(
+            paths, reasons, self._guard(todo), stop_on=(SoftTimeLimitExceeded,), sizes=sizes
+        )
         self._unmark()
         unfinished = [it for it, pred in zip(todo, preds, strict=True) if pred.unfinished]
         if unfinished:
@@ -332,9 +338,17 @@ def _job(rt: WorkerRuntime, job_id: str, cached: bool = True) -> JobInfo | None:
             source = job_source(session, job_id)
         if source is None:
             return None
-        roots = [os.path.realpath(decode_path(r)) for r in source.roots]
+        # A prefix is kept as the URL it is; a directory is resolved, as the paths checked against it.
+        roots = [decode_path(r) if is_url(r) else os.path.realpath(decode_path(r)) for r in source.roots]
         rt.jobs[job_id] = JobInfo(roots, source.model_path, source.model_sha256)
     return rt.jobs[job_id]
+
+
+def _inside_job(path: str, roots: list[bytes]) -> bool:
+    """A local path inside one of the job's directories, or an object URL under one of its prefixes."""
+    if is_url(path):
+        return inside_prefixes(path, [os.fsdecode(r) for r in roots if is_url(r)])
+    return inside_roots(path, [r for r in roots if not is_url(r)])
 
 
 def _pid_exists(pid: int) -> bool:

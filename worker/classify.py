@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from imgbatch.core.files import DEFAULT_MAX_FILE_BYTES, TransientFileError, read_image_file
+from imgbatch.core.files import DEFAULT_MAX_FILE_BYTES, TransientFileError
 from imgbatch.core.preprocess import DEFAULT_MAX_PIXELS, Decoder, ImageDecodeError, decode_tensor
 from imgbatch.core.runtimes import ModelRunner, RuntimeChoice, open_runtime
+from imgbatch.core.stores import read_image
 
 TOP_K = 5
 # Images per runtime call. A task message may carry more paths (fewer Redis round trips, fewer
@@ -112,17 +113,14 @@ class Classifier:
         runner = open_runtime(model_path, intra_op_threads, runtime, cache_dir)
         return cls(runner, max_pixels, max_bytes=max_bytes, timeout_s=timeout_s, decode=decode)
 
-    def decode(self, path: str) -> np.ndarray | Prediction:
-        """The model input of one file, or its outcome when it has none."""
+    def decode(self, path: str, size_bytes: int | None = None) -> np.ndarray | Prediction:
+        """The model input of one file or object (`size_bytes`: from its listing), or its outcome when
+        it has none."""
         start = time.perf_counter()
         try:
             with image_timer(self.timeout_s):
-                return decode_tensor(
-                    read_image_file(path, self.max_bytes),
-                    self.info.preprocess,
-                    self.max_pixels,
-                    self.decode_with,
-                )
+                data = read_image(path, size_bytes, self.max_bytes)
+                return decode_tensor(data, self.info.preprocess, self.max_pixels, self.decode_with)
         except ImageDecodeError as exc:
             return Prediction(path, _ms_since(start), error=str(exc))
         except ImageTimeout:
@@ -140,8 +138,10 @@ class Classifier:
         reasons: dict[str, str] | None = None,
         guard: Guard = _no_guard,
         stop_on: tuple[type[BaseException], ...] = (),
+        sizes: dict[str, int | None] | None = None,
     ) -> list[Prediction]:
-        """Classify a batch; `reasons` maps paths already refused (e.g. outside the job) to why.
+        """Classify a batch; `reasons` maps paths already refused (e.g. outside the job) to why,
+        `sizes` object URLs to the size their listing gave.
 
         Decodes and runs `infer_batch` images at a time; predictions come back in the order of
         `paths`. An exception of a `stop_on` type (Celery's soft time limit) stops the batch: what
@@ -157,7 +157,7 @@ class Classifier:
                 continue
             try:
                 with guard(index):
-                    outcome = self._decode_guarded(path, stop_on)
+                    outcome = self._decode_guarded(path, stop_on, (sizes or {}).get(path))
             except stop_on:
                 preds += [Prediction(p, 0.0, unfinished=True) for p in paths[index:]]
                 break
@@ -176,11 +176,11 @@ class Classifier:
         return preds
 
     def _decode_guarded(
-        self, path: str, stop_on: tuple[type[BaseException], ...]
+        self, path: str, stop_on: tuple[type[BaseException], ...], size_bytes: int | None = None
     ) -> tuple[np.ndarray, float] | Prediction:
         start = time.perf_counter()
         try:
-            outcome = self.decode(path)
+            outcome = self.decode(path, size_bytes)
         except stop_on:
             raise
         except Exception as exc:  # anything else a decoder raises is this image's error, not the batch's

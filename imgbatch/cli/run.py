@@ -27,8 +27,12 @@ PRINT_ROWS_UP_TO = 50
 
 def run(
     directories: Annotated[
-        list[Path] | None,
-        typer.Argument(metavar="DIR", help="Directories of images (default: the bundled sample photos)."),
+        list[str] | None,
+        typer.Argument(
+            metavar="DIR|URL",
+            help="Directories of images, or s3:// (gs://, az://) prefixes "
+            "(default: the bundled sample photos).",
+        ),
     ] = None,
     workers: Annotated[
         int | None,
@@ -42,12 +46,12 @@ def run(
     decode: DecodeOpt = None,
     runtime: RuntimeOpt = None,
 ) -> None:
-    """Classify directories here and now, then print a summary.
+    """Classify directories (or object-store prefixes) here and now, then print a summary.
 
     Starts a private Redis (unless IMGBATCH_REDIS_URL is set) and local worker processes, records
     results in the database (SQLite in the data dir by default) and stops everything at the end.
 
-    Example: imgbatch run ~/photos --workers 2
+    Example: imgbatch run ~/photos --workers 2;  imgbatch run s3://bucket/photos/
     """
     from imgbatch.core.cpus import usable_cpus
     from producer.embedded import run as run_embedded
@@ -120,7 +124,12 @@ def _sample_dir(config: Settings) -> Path:
 
 def submit(
     directories: Annotated[
-        list[Path], typer.Argument(metavar="DIR", help="Directories of images, walked recursively.")
+        list[str],
+        typer.Argument(
+            metavar="DIR|URL",
+            help="Directories of images, walked recursively, or s3:// (gs://, az://) prefixes, listed "
+            "recursively; store credentials come from the store's usual environment (AWS_*...).",
+        ),
     ],
     model: ModelOpt = None,
     batch_size: BatchOpt = None,
@@ -129,12 +138,12 @@ def submit(
 ) -> None:
     """Record a job for the workers at IMGBATCH_REDIS_URL.
 
-    Scans the directories into the database, a chunk at a time, and prints the job id as the last
-    line of stdout. The workers send, recover and finish the job on their own: nobody needs to
-    wait. With --wait it shows progress until the job is done. Re-running it after a crash
-    continues the unfinished job.
+    Scans the directories (lists the prefixes) into the database, a chunk at a time, and prints
+    the job id as the last line of stdout. The workers send, recover and finish the job on their
+    own: nobody needs to wait. With --wait it shows progress until the job is done. Re-running it
+    after a crash continues the unfinished job.
 
-    Example: imgbatch submit /data/photos --wait
+    Example: imgbatch submit /data/photos --wait;  imgbatch submit s3://bucket/photos/
     """
     from db.engine import engine_for
     from producer.submit import record_job
