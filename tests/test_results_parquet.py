@@ -351,3 +351,18 @@ def test_parquet_to_s3(tmp_path: Path) -> None:
         assert_one_line_error(missing, "cannot write results to s3://no-such-bucket/x.parquet")
         # A prefix that holds objects is a directory of the store.
         assert_one_line_error(run_cli([*base, "s3://results-bucket/exports"], env), "it is a prefix")
+
+
+def test_row_groups_span_database_pages(tmp_path: Path) -> None:
+    """Pages of 5,000 rows from the database gather into row groups of the asked size."""
+    db_url = f"sqlite:///{tmp_path / 'imgbatch.db'}"
+    n = 12_345
+    _fill(db_url, "job_big", n, 45)
+    env = imgbatch_env(tmp_path, IMGBATCH_DATABASE_URL=db_url)
+    json_rows = _json_rows(env, "job_big")
+    for size, groups in ((7_000, [7_000, 5_345]), (None, [n]), (2_500, [2_500] * 4 + [2_345])):
+        out = tmp_path / f"big-{size}.parquet"
+        _export(env, "job_big", out, *(["--row-group-size", str(size)] if size else []))
+        parquet = pq.ParquetFile(out)
+        assert [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)] == groups
+        _assert_same_rows(parquet.read().to_pylist(), json_rows)

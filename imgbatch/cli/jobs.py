@@ -181,7 +181,7 @@ def results(
         int | None, typer.Option("--limit", "-n", metavar="N", min=1, help="At most N rows.")
     ] = None,
     row_group_size: Annotated[
-        int | None, typer.Option(min=1, hidden=True, help="Parquet rows per row group (and DB page).")
+        int | None, typer.Option(min=1, hidden=True, help="Parquet rows per row group.")
     ] = None,
 ) -> None:
     """Print every image of a job with its result.
@@ -243,13 +243,14 @@ def _results_text(
 def _results_parquet(
     s: Session, job_id: str, filters: ResultFilter, limit: int | None, target: str, rows_per_group: int | None
 ) -> None:
-    from imgbatch.cli.results_parquet import ROW_GROUP_SIZE, parquet_pages, write_parquet
+    from imgbatch.cli.results_parquet import PAGE_ROWS, ROW_GROUP_SIZE, parquet_pages, write_parquet
     from imgbatch.core.outputs import open_output
 
     start = time.monotonic()
-    pages = parquet_pages(s, job_id, filters, limit, rows_per_group or ROW_GROUP_SIZE)
+    group_rows = rows_per_group or ROW_GROUP_SIZE
+    pages = parquet_pages(s, job_id, filters, limit, min(PAGE_ROWS, group_rows))
     with open_output(target, "results") as out:
-        rows = write_parquet(pages, out)
+        rows = write_parquet(pages, out, group_rows)
     _written(rows, job_id, target, start)
 
 
