@@ -237,6 +237,10 @@ def test_parquet_filters_limit_and_suffix(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     empty = pq.read_table(inferred)
     assert empty.num_rows == 0 and {f.name: f.type for f in empty.schema} == EXPECTED_TYPES
+    # A file:// URL is a local path.
+    as_url = tmp_path / "as-url.parquet"
+    _export(env, "job_f", f"file://{as_url}")
+    _assert_same_rows(pq.read_table(as_url).to_pylist(), _json_rows(env, "job_f"))
     # Text formats go to files too, with the same rows as stdout.
     as_csv = tmp_path / "rows.csv"
     assert run_cli(["results", "job_f", "-o", str(as_csv)], env).returncode == 0
@@ -248,7 +252,7 @@ def test_parquet_refusals(tmp_path: Path) -> None:
     _fill(db_url, "job_r", 20, 0)
     env = imgbatch_env(tmp_path, IMGBATCH_DATABASE_URL=db_url)
     base = ["results", "job_r", "--format", "parquet"]
-    assert_one_line_error(run_cli(base, env), "parquet is binary", "-o FILE")
+    assert_one_line_error(run_cli(base, env), "parquet is binary, not for stdout", "-o FILE")
     assert_one_line_error(run_cli([*base, "-o", "-"], env), "parquet is binary")
     directory = tmp_path / "a_directory"
     directory.mkdir()

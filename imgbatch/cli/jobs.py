@@ -190,6 +190,7 @@ def results(
     (typed columns, top-5 as a list column; schema in docs/cli.md) goes to a file: -o FILE.
 
     Example: imgbatch results latest --label "tiger cat" --format csv
+    Example: imgbatch results latest -o s3://bucket/results/latest.parquet
     """
     from db.models import ImageStatus
     from db.reads import ResultFilter, find_job
@@ -199,7 +200,7 @@ def results(
     if fmt is None:
         fmt = _format_of(target)
     if fmt == Format.parquet and target is None:
-        raise UserError("parquet is binary and is not written to stdout: give a file, -o FILE or -o s3://…")
+        raise UserError("parquet is binary, not for stdout: give a file, -o FILE or -o s3://BUCKET/KEY")
     if fmt == Format.table and target is not None:
         raise UserError("the table is for the terminal: use --format csv, json, jsonl or parquet with -o")
     if target is not None:
