@@ -265,6 +265,11 @@ def test_parquet_refusals(tmp_path: Path) -> None:
         run_cli([*base, "-o", str(tmp_path / "missing" / "x.parquet")], env), "no such directory"
     )
     assert_one_line_error(run_cli([*base, "-o", "nosuchstore://bucket/x.parquet"], env), "cannot write")
+    # Credentials belong in the store's usual places; one written in the URL is never echoed.
+    for url in ("s3://AKIAEXAMPLE:hunter2secret@bucket/x.parquet", "s3://bucket/x.parquet?sig=hunter2secret"):
+        refused = run_cli([*base, "-o", url], env)
+        assert_one_line_error(refused, "are not accepted")
+        assert "hunter2secret" not in refused.stderr + refused.stdout
     assert_one_line_error(run_cli(["results", "job_r", "-o", str(tmp_path / "x.txt")], env), "table")
     # Nothing was left behind by the refusals (no temporary file beside any target).
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

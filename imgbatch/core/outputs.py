@@ -15,10 +15,12 @@ import io
 import os
 import re
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from imgbatch.core.errors import UserError
 
@@ -95,7 +97,7 @@ def open_output(target: str | Path, what: str) -> Iterator[IO[bytes]]:
 def open_text_output(target: str | Path, what: str) -> Iterator[IO[str]]:
     """`open_output` as UTF-8 text; stdout itself for `-`."""
     if str(target) == STDOUT:
-        yield _stdout()
+        yield sys.stdout
         return
     with open_output(target, what) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
@@ -104,12 +106,6 @@ def open_text_output(target: str | Path, what: str) -> Iterator[IO[str]]:
             text.flush()
         finally:
             text.detach()  # the binary file is closed (and committed) by open_output, not here
-
-
-def _stdout() -> IO[str]:
-    import sys
-
-    return sys.stdout
 
 
 @contextlib.contextmanager
@@ -128,9 +124,18 @@ def _local_output(output: Path, what: str) -> Iterator[IO[bytes]]:
 
 
 def _filesystem(url: str, what: str) -> tuple[Any, str]:
-    """fsspec's filesystem for the URL's scheme, or a UserError saying what is missing."""
+    """fsspec's filesystem for the URL's scheme, or a UserError saying what is missing or wrong."""
     from fsspec.core import url_to_fs
 
+    parts = urlsplit(url)
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        # The store's library would take `key:secret@bucket` for a bucket name and quote it back
+        # in its error; credentials have their usual places.
+        bare = shown_target(url.split("?", 1)[0].split("#", 1)[0]) + ("?***" if parts.query else "")
+        raise UserError(
+            f"credentials or parameters in {bare} are not accepted: give them the store's usual way "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, an instance role)"
+        )
     try:
         return url_to_fs(url)
     except ImportError as exc:
