@@ -13,6 +13,8 @@ through the same function, so the two servers can be compared on the same code.
 
     .venv/bin/python scripts/bench_listing.py [--keys 1000000] [--moto-sample 10000] [--stub-only]
     .venv/bin/python scripts/bench_listing.py --plain-s3fs   # no imgbatch listing function needed
+    .venv/bin/python scripts/bench_listing.py --stub-only --submit-redis redis://127.0.0.1:6379/0 \
+        --model MODEL.onnx   # also `imgbatch submit` of the million keys into SQLite (Redis: a ping)
 
 Needs GNU time at /usr/bin/time. Prints figures; asserts nothing.
 """
@@ -232,6 +234,35 @@ def list_in_child(endpoint: str, plain: bool, work: Path) -> tuple[int, int, flo
     return int(count), int(total), float(inner), wall, int(usage.read_text().split()[-1]) / 1024
 
 
+def submit_in_child(endpoint: str, redis_url: str, model: str, work: Path) -> tuple[float, float, int, str]:
+    """(wall clock, peak RSS MB, images recorded, last line) of `imgbatch submit s3://...` into a
+    fresh SQLite database: the listing plus the image rows, IMGBATCH_SCAN_CHUNK per transaction.
+    Redis is only pinged by submit (sending is the workers' job)."""
+    import sqlite3
+
+    db = work / "submit.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGBATCH_")}
+    env.update(CREDENTIALS, AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1")
+    env.update(IMGBATCH_DATABASE_URL=f"sqlite:///{db}", IMGBATCH_REDIS_URL=redis_url, IMGBATCH_MODEL=model)
+    env.update(IMGBATCH_DATA_DIR=str(work / "data"))
+    usage = work / "submit-time.txt"
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", str(usage), sys.executable, "-m", "imgbatch", "submit"]
+        + [f"s3://{BUCKET}/{PREFIX}", "--new"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"submit failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (images,) = conn.execute("SELECT count(*) FROM images").fetchone()
+    rss_mb = int(usage.read_text().split()[-1]) / 1024
+    return wall, rss_mb, images, proc.stdout.strip().splitlines()[-1]
+
+
 def report(what: str, figures: tuple[int, int, float, float, float]) -> None:
     count, total, inner, wall, rss_mb = figures
     print(
@@ -247,6 +278,12 @@ def main() -> None:
     parser.add_argument("--moto-budget-s", type=float, default=600.0)
     parser.add_argument("--stub-only", action="store_true", help="Skip moto; list the stub.")
     parser.add_argument("--plain-s3fs", action="store_true", help="List with s3fs, not imgbatch.")
+    parser.add_argument(
+        "--submit-redis", metavar="URL", help="Also time `imgbatch submit` of the stub's keys (pings URL)."
+    )
+    parser.add_argument(
+        "--model", default=os.environ.get("IMGBATCH_TEST_MODEL", ""), help="For --submit-redis."
+    )
     args = parser.parse_args()
     lister = "plain s3fs pages" if args.plain_s3fs else "imgbatch.core.stores.list_objects"
     print(f"cpus: {os.cpu_count()} (machine shared with other work: figures are indicative)")
@@ -272,6 +309,12 @@ def main() -> None:
             print(f"listing stub (ListObjectsV2, {PAGE} keys a page, {args.keys:,} generated keys):")
             with listing_stub(args.keys) as endpoint:
                 report(lister, list_in_child(endpoint, args.plain_s3fs, work))
+                if args.submit_redis:
+                    wall, rss_mb, images, said = submit_in_child(
+                        endpoint, args.submit_redis, args.model, work
+                    )
+                    what = f"imgbatch submit (listing + {images:,} image rows into SQLite)"
+                    print(f"  {what}: {wall:.1f} s wall, peak RSS {rss_mb:.0f} MB [job {said}]")
 
 
 if __name__ == "__main__":
