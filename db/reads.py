@@ -308,8 +308,11 @@ class ResultFilter:
         )
 
 
-def results_query(job_id: str, filters: ResultFilter, after_id: int, chunk: int) -> Any:
-    """One keyset page of a job's images (with results) matching `filters`, in image id order.
+def results_query(
+    job_id: str, filters: ResultFilter, after_id: int, chunk: int, columns: Sequence[Any] = (Result,)
+) -> Any:
+    """One keyset page of a job's images (id, path, state, then `columns` of their result, None for
+    an image still pending) matching `filters`, in image id order.
 
     With a result filter the query is driven by `results` and its (job_id, label, image_id),
     (job_id, status) and (job_id, score) indexes, so one label out of a million rows is an index
@@ -317,7 +320,7 @@ def results_query(job_id: str, filters: ResultFilter, after_id: int, chunk: int)
     """
     if filters.needs_result():
         stmt = (
-            select(Image.id, Image.path, Image.state, Result)
+            select(Image.id, Image.path, Image.state, *columns)
             .join(Result, Result.image_id == Image.id)
             .where(Result.job_id == job_id, Result.image_id > after_id)
             .order_by(Result.image_id)
@@ -330,7 +333,7 @@ def results_query(job_id: str, filters: ResultFilter, after_id: int, chunk: int)
             stmt = stmt.where(Result.status == filters.status)
     else:
         stmt = (
-            select(Image.id, Image.path, Image.state, Result)
+            select(Image.id, Image.path, Image.state, *columns)
             .outerjoin(Result, Result.image_id == Image.id)
             .where(Image.job_id == job_id, Image.id > after_id)
             .order_by(Image.id)
@@ -352,13 +355,45 @@ def iter_results(
 ) -> Iterator[Row[Any]]:
     """The job's images with their results (or none yet), in image order, streamed in chunks:
     memory stays constant however big the job."""
+    for page in result_pages(session, job_id, filters, chunk):
+        yield from page
+
+
+# What `imgbatch results --format parquet` exports of each result, as plain columns: no ORM object
+# per row, so a million rows cost tuples, not identity-mapped instances.
+EXPORT_COLUMNS = (
+    Result.status,
+    Result.label,
+    Result.class_index,
+    Result.score,
+    Result.error,
+    Result.queue_ms,
+    Result.decode_ms,
+    Result.infer_ms,
+    Result.persist_ms,
+    Result.batch_size,
+    Result.worker,
+    Result.runtime,
+    Result.model_sha256,
+    Result.created_at,
+    Result.top5,
+)
+
+
+def result_pages(
+    session: Session,
+    job_id: str,
+    filters: ResultFilter | None = None,
+    chunk: int = 1000,
+    columns: Sequence[Any] = (Result,),
+) -> Iterator[Sequence[Row[Any]]]:
+    """The job's images (id, path, state, then `columns` of their result) in image order, one keyset
+    page of at most `chunk` rows at a time: each page is an index range scan after the last id of
+    the one before, never an OFFSET, so the millionth page costs what the first does."""
     filters = filters or ResultFilter()
     last_id = 0
-    while True:
-        rows = session.execute(results_query(job_id, filters, last_id, chunk)).all()
-        if not rows:
-            return
-        yield from rows  # type: ignore[misc]
+    while rows := session.execute(results_query(job_id, filters, last_id, chunk, columns)).all():
+        yield rows
         last_id = rows[-1].id
 
 

@@ -184,6 +184,7 @@ def compose_problems(compose: dict[str, Any]) -> list[str]:
         "postgres": "service_healthy",
         "migrate": "service_completed_successfully",
         "model": "service_completed_successfully",
+        "minio": "service_healthy",  # optional: see store_problems
     }
     for name in ("worker", "producer"):
         if _depends_on(services[name]) != expected:
@@ -273,6 +274,54 @@ def compose_problems(compose: dict[str, Any]) -> list[str]:
         for var in services[name].get("environment", {}):
             if var.startswith("IMGBATCH_") and var not in known:
                 problems.append(f"{name}: {var} is not an imgbatch setting")
+    return problems
+
+
+STORE_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+MINIO_IMAGE = re.compile(r"minio/minio:RELEASE\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z")
+
+
+def store_problems(compose: dict[str, Any]) -> list[str]:
+    """The optional S3 store: a MinIO service in the `s3` profile only, pinned, healthy, on a named
+    volume, with the workers' credentials; the apps get the store's standard variables passed
+    through (no value written in the file), and plain `up` does not need the profile.
+
+    Run on the raw file (before interpolation): what it checks is what is written there."""
+    problems: list[str] = []
+    services: dict[str, dict[str, Any]] = compose.get("services", {})
+    minio = services.get("minio")
+    if minio is None:
+        return ["no minio service (the s3 profile's store)"]
+    if minio.get("profiles") != ["s3"]:
+        problems.append(f"minio's profiles are {minio.get('profiles')!r}, not ['s3']: `up` would start it")
+    if not MINIO_IMAGE.fullmatch(str(minio.get("image", ""))):
+        problems.append(f"minio image {minio.get('image')!r} is not pinned to a RELEASE tag")
+    if "healthcheck" not in minio:
+        problems.append("minio has no healthcheck")
+    data = {m["target"]: m for m in _mounts(minio)}.get("/data")
+    if data is None or data.get("type") != "volume":
+        problems.append("minio does not keep /data on a named volume")
+    env = minio.get("environment") or {}
+    for var, source in (
+        ("MINIO_ROOT_USER", "AWS_ACCESS_KEY_ID"),
+        ("MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY"),
+    ):
+        if not re.fullmatch(rf"\$\{{{source}(:?-)?\}}", str(env.get(var, ""))):
+            problems.append(f"minio's {var} is not taken from {source}: {env.get(var)!r}")
+    for address in minio.get("ports") or []:
+        if not str(address).startswith("127.0.0.1:"):
+            problems.append(f"minio publishes {address!r} beyond this host")
+    for name in ("worker", "producer"):
+        service = services.get(name, {})
+        app_env = service.get("environment") or {}
+        for var in STORE_ENV:
+            if var not in app_env:
+                problems.append(f"{name} does not pass {var} through")
+            elif app_env[var] is not None:
+                problems.append(f"{name}: {var} is written in the compose file ({app_env[var]!r})")
+        dep = (service.get("depends_on") or {}).get("minio")
+        if not isinstance(dep, dict) or dep.get("required") is not False:
+            problems.append(f"{name} requires minio: plain `up` (without --profile s3) would fail")
     return problems
 
 
@@ -495,6 +544,94 @@ def test_one_password_for_server_and_clients() -> None:
         env = compose["services"][name]["environment"]
         assert env["PGPASSWORD"] == "s3cret"
         assert "s3cret" not in env["IMGBATCH_DATABASE_URL"]
+
+
+def _raw_compose() -> dict[str, Any]:
+    """The file as written, YAML anchors and merges resolved, no variable interpolated."""
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def test_s3_profile_and_the_workers_store_settings() -> None:
+    assert store_problems(_raw_compose()) == []
+    # With the profile's variables set, MinIO's root user is exactly what the workers sign with.
+    env = {"AWS_ACCESS_KEY_ID": "imgbatch", "AWS_SECRET_ACCESS_KEY": "0123456789abcdef"}
+    minio = load_compose(env)["services"]["minio"]["environment"]
+    assert (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"]) == ("imgbatch", "0123456789abcdef")
+    # Plain `up` needs none of them (every service is interpolated, whatever its profile).
+    unset: set[str] = set()
+    interpolate(_raw_compose(), {}, unset)
+    assert not unset & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
+    # The example .env lines name the variables the file reads, with no secret filled in.
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO / "deploy" / "s3.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert set(example) == set(STORE_ENV) and example["AWS_SECRET_ACCESS_KEY"] == ""
+    assert urlsplit(example["AWS_ENDPOINT_URL"]).hostname == "minio"
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell")
+def test_minio_refuses_to_start_without_credentials(tmp_path: Path) -> None:
+    """The guard in front of MinIO's entrypoint, run by a real shell: MinIO would otherwise start
+    with its well-known default credentials."""
+    script = load_compose()["services"]["minio"]["entrypoint"]
+    assert script[:2] == ["/bin/sh", "-c"]
+
+    def run(user: str, password: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin", "MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password}
+        return subprocess.run(["sh", "-c", script[2]], env=env, capture_output=True, text=True, timeout=30)
+
+    for user, password in (("", ""), ("imgbatch", ""), ("imgbatch", "short"), ("", "0123456789abcdef")):
+        refused = run(user, password)
+        assert refused.returncode == 1 and "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in refused.stderr
+    # With both, it goes on to MinIO's own entrypoint (not installed here: the shell says so).
+    passed = run("imgbatch", "0123456789abcdef")
+    assert passed.returncode == 127 and "docker-entrypoint.sh" in passed.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("no minio", "no minio service"),
+        ("minio always on", "not ['s3']"),
+        ("minio latest", "is not pinned"),
+        ("minio without healthcheck", "minio has no healthcheck"),
+        ("minio on a bind mount", "named volume"),
+        ("minio default password", "MINIO_ROOT_PASSWORD is not taken from AWS_SECRET_ACCESS_KEY"),
+        ("minio on all interfaces", "beyond this host"),
+        ("secret in file", "worker: AWS_SECRET_ACCESS_KEY is written in the compose file"),
+        ("no endpoint for producer", "producer does not pass AWS_ENDPOINT_URL"),
+        ("minio required", "worker requires minio"),
+    ],
+)
+def test_store_checks_catch_mistakes(change: str, expected: str) -> None:
+    compose = copy.deepcopy(_raw_compose())
+    services = compose["services"]
+    minio = services["minio"]
+    if change == "no minio":
+        del services["minio"]
+    elif change == "minio always on":
+        del minio["profiles"]
+    elif change == "minio latest":
+        minio["image"] = "minio/minio:latest"
+    elif change == "minio without healthcheck":
+        del minio["healthcheck"]
+    elif change == "minio on a bind mount":
+        minio["volumes"] = ["./s3data:/data"]
+    elif change == "minio default password":
+        minio["environment"]["MINIO_ROOT_PASSWORD"] = "minioadmin"
+    elif change == "minio on all interfaces":
+        minio["ports"] = ["9000:9000"]
+    elif change == "secret in file":
+        services["worker"]["environment"]["AWS_SECRET_ACCESS_KEY"] = "wJalrXUtnFEMI/K7MDENG"
+    elif change == "no endpoint for producer":
+        del services["producer"]["environment"]["AWS_ENDPOINT_URL"]
+    elif change == "minio required":
+        services["worker"]["depends_on"]["minio"] = {"condition": "service_healthy"}
+    problems = store_problems(compose)
+    assert any(expected in problem for problem in problems), problems
 
 
 def _break_compose(compose: dict[str, Any], change: str) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from db.models import Job
-    from db.reads import JobSummary
+    from db.reads import JobSummary, ResultFilter
 
 
 class Format(StrEnum):
@@ -28,6 +29,7 @@ class Format(StrEnum):
     csv = "csv"
     json = "json"
     jsonl = "jsonl"
+    parquet = "parquet"
 
 
 class StatusFilter(StrEnum):
@@ -141,8 +143,24 @@ def _job_json(m: JobSummary) -> dict[str, object]:
 def results(
     job: JobArg = "latest",
     fmt: Annotated[
-        Format, typer.Option("--format", "-f", metavar="FORMAT", help="table, csv, json or jsonl.")
-    ] = (Format.table),
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            metavar="FORMAT",
+            help="table, csv, json, jsonl or parquet (needs -o). Default: from -o's suffix, else table.",
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write to this file or object-store URL (s3://bucket/key) instead of stdout. An "
+            "existing path that is not a regular file is refused.",
+        ),
+    ] = None,
     label: Annotated[
         str | None, typer.Option(metavar="LABEL", help="Only images with this top-1 label.")
     ] = None,
@@ -162,26 +180,102 @@ def results(
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", metavar="N", min=1, help="At most N rows.")
     ] = None,
+    row_group_size: Annotated[
+        int | None, typer.Option(min=1, hidden=True, help="Parquet rows per row group.")
+    ] = None,
 ) -> None:
     """Print every image of a job with its result.
 
-    Label, score, error and stage timings, in image order, streamed (constant memory).
+    Label, score, error and stage timings, in image order, streamed (constant memory). Parquet
+    (typed columns, top-5 as a list column; schema in docs/cli.md) goes to a file: -o FILE.
 
     Example: imgbatch results latest --label "tiger cat" --format csv
+    Example: imgbatch results latest -o s3://bucket/results/latest.parquet
     """
     from db.models import ImageStatus
     from db.reads import ResultFilter, find_job
-    from imgbatch.cli.results_out import print_table, result_dicts, write_csv, write_json, write_jsonl
+    from imgbatch.core.outputs import STDOUT, check_writable
 
+    target = output if output is not None and output != STDOUT else None
+    if fmt is None:
+        fmt = _format_of(target)
+    if fmt == Format.parquet and target is None:
+        raise UserError("parquet is binary, not for stdout: give a file, -o FILE or -o s3://BUCKET/KEY")
+    if fmt == Format.table and target is not None:
+        raise UserError("the table is for the terminal: use --format csv, json, jsonl or parquet with -o")
+    if target is not None:
+        check_writable(target, "results")
     wanted = ImageStatus(status_filter.value) if status_filter else None
     filters = ResultFilter(label, min_score, wanted, path_glob)
     with session() as s:
         found = find_job(s, job)
         if label is not None:
             check_label(s, found, label)
-        rows = result_dicts(s, found.id, filters, limit)
-        writers = {Format.csv: write_csv, Format.json: write_json, Format.jsonl: write_jsonl}
-        writers.get(fmt, print_table)(rows)
+        if fmt == Format.parquet:
+            _results_parquet(s, found.id, filters, limit, str(target), row_group_size)
+        else:
+            _results_text(s, found.id, filters, limit, fmt, target)
+
+
+def _format_of(target: str | None) -> Format:
+    """The format a file name asks for (`out.parquet`, `rows.csv`), else the table."""
+    suffix = (target or "").rsplit("/", 1)[-1].rpartition(".")[2].lower()
+    return Format(suffix) if suffix in set(Format) - {Format.table} else Format.table
+
+
+def _results_text(
+    s: Session, job_id: str, filters: ResultFilter, limit: int | None, fmt: Format, target: str | None
+) -> None:
+    from imgbatch.cli.results_out import print_table, result_dicts, write_csv, write_json, write_jsonl
+    from imgbatch.core.outputs import STDOUT, open_text_output
+
+    rows = result_dicts(s, job_id, filters, limit)
+    if fmt == Format.table:
+        print_table(rows)
+        return
+    writers = {Format.csv: write_csv, Format.json: write_json, Format.jsonl: write_jsonl}
+    start, counted = time.monotonic(), _Counted(rows)
+    with open_text_output(target or STDOUT, "results") as out:
+        writers[fmt](counted, out)
+    if target is not None:
+        _written(counted.n, job_id, target, start)
+
+
+def _results_parquet(
+    s: Session, job_id: str, filters: ResultFilter, limit: int | None, target: str, rows_per_group: int | None
+) -> None:
+    from imgbatch.cli.results_parquet import PAGE_ROWS, ROW_GROUP_SIZE, parquet_pages, write_parquet
+    from imgbatch.core.outputs import open_output
+
+    start = time.monotonic()
+    group_rows = rows_per_group or ROW_GROUP_SIZE
+    pages = parquet_pages(s, job_id, filters, limit, min(PAGE_ROWS, group_rows))
+    with open_output(target, "results") as out:
+        rows = write_parquet(pages, out, group_rows)
+    _written(rows, job_id, target, start)
+
+
+def _written(rows: int, job_id: str, target: str, start: float) -> None:
+    import sys
+
+    from imgbatch.core.outputs import shown_target
+
+    elapsed = time.monotonic() - start
+    print(
+        f"{rows:,} rows of job {job_id} written to {shown_target(target)} ({elapsed:.1f} s)", file=sys.stderr
+    )
+
+
+class _Counted:
+    """The rows passed through, counted on the way (the writers stream; nobody holds them)."""
+
+    def __init__(self, rows: Iterator[dict[str, Any]]) -> None:
+        self.rows, self.n = rows, 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row in self.rows:
+            self.n += 1
+            yield row
 
 
 def check_label(s: Session, job: Job, label: str) -> None:

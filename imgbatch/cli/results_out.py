@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Any, TextIO
+from typing import IO, Any
 
 from rich.table import Table
 from rich.text import Text
@@ -62,19 +62,19 @@ def result_dicts(
         }
 
 
-def write_csv(rows: Iterator[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+def write_csv(rows: Iterable[dict[str, Any]], out: IO[str] = sys.stdout) -> None:
     writer = csv.DictWriter(out, fieldnames=FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "top5": json.dumps(row["top5"]) if row["top5"] is not None else ""})
 
 
-def write_jsonl(rows: Iterator[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str] = sys.stdout) -> None:
     for row in rows:
         out.write(json.dumps(row) + "\n")
 
 
-def write_json(rows: Iterator[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+def write_json(rows: Iterable[dict[str, Any]], out: IO[str] = sys.stdout) -> None:
     # A JSON array written element by element: valid JSON without holding the job in memory.
     out.write("[")
     for i, row in enumerate(rows):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import stat
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +14,7 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from db import reads as stats
+from imgbatch.core import outputs
 from imgbatch.core.errors import UserError
 from imgbatch.core.names import decode_path, shown
 from imgbatch.report import charts
@@ -162,43 +161,19 @@ STDOUT = Path("-")
 
 
 def write_report(html: str, output: Path) -> None:
-    """Write to stdout (`-`), or atomically to a regular file: a temp file beside it, then a rename,
-    so a failed write leaves no half report and nothing but a regular file is ever replaced."""
+    """Write to stdout (`-`), or atomically to a regular file (see imgbatch.core.outputs): a failed
+    write leaves no half report and nothing but a regular file is ever replaced."""
     if output == STDOUT:
         sys.stdout.write(html)
         sys.stdout.flush()
         return
-    check_writable(output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(html)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write report to {output}: {exc.strerror or exc}") from exc
+    with outputs.open_output(output, "report") as handle:
+        handle.write(html.encode("utf-8"))
 
 
 def check_writable(output: Path) -> None:
-    """Fail before the (possibly long) work when the output path cannot or must not be written: an
-    existing path that is not a regular file (a directory, device, FIFO, socket) is refused."""
-    if output == STDOUT:
-        return
-    try:
-        mode = output.lstat().st_mode
-    except FileNotFoundError:
-        mode = None
-    except OSError as exc:
-        raise UserError(f"cannot write report to {output}: {exc.strerror or exc}") from exc
-    if mode is not None and not stat.S_ISREG(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise UserError(f"refusing to write report to {output}: it is {kind}")
-    parent = output.parent
-    if not parent.is_dir():
-        raise UserError(f"cannot write report to {output}: no such directory {parent}")
-    if not os.access(parent, os.W_OK) or (mode is not None and not os.access(output, os.W_OK)):
-        raise UserError(f"cannot write report to {output}: permission denied")
+    """Fail before the (possibly long) work when the report cannot or must not be written there."""
+    outputs.check_writable(output, "report")
 
 
 def _uri(svg: str | None) -> str | None:
