@@ -27,10 +27,10 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
         [
             "bench", str(images), "--images", "40", "--workers", "1", "--batch-sizes", "8",
             "--model", str(model_path), "--fp32-model", str(model_path), "--work-dir", str(work), "--json",
-            "--ray",
+            "--ray", "--runtimes", "onnxruntime,openvino",
         ],
         imgbatch_env(tmp_path),
-        timeout=240,
+        timeout=420,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -39,8 +39,15 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     for mode in ("model", "pillow", "fast"):
         bare = result["bare"][mode]
         assert bare["images"] + bare["errors"] == 40 and _positive(bare["images_per_s"]), bare
-    [run] = result["pipeline"]
-    assert (run["label"], run["workers"], run["batch_size"]) == ("int8", 1, 8)
+    # The runtime is a dimension of the grid: one INT8 run per runtime, each against the bare loop.
+    run, other = result["pipeline"]
+    assert [(r["label"], r["workers"], r["batch_size"], r["runtime"]) for r in (run, other)] == [
+        ("int8", 1, 8, "onnxruntime"), ("int8", 1, 8, "openvino"),
+    ]  # fmt: skip
+    assert other["images"] == other["results"] == 40 and other["pending"] == 0
+    assert set(result["runtime_ratios"]) == {"onnxruntime", "openvino"}
+    for figures in result["runtime_ratios"].values():
+        assert _positive(figures["pipeline_vs_bare_pillow"]) and _positive(figures["vs_primary_runtime"])
     assert run["images"] == run["results"] == 40 and run["pending"] == 0
     assert _positive(run["images_per_s"]) and _positive(run["seconds"])
     assert set(run["stages"]) == STAGES
@@ -70,6 +77,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
 
     rendered = render(result)  # the text form of the same figures explains the INT8 / FP32 line
     assert "of which: inference alone" in rendered and "at most, as both decode the same files" in rendered
+    assert "pipeline on openvino / bare loop with Pillow decode + onnxruntime" in rendered
     parity = result["decoder_parity"]
     assert parity["images"] > 0 and 0 <= parity["top1_agreement"] <= 1
 
@@ -80,7 +88,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
             "SELECT i.job_id, count(i.id), count(r.id), count(DISTINCT r.image_id) "
             "FROM images i LEFT JOIN results r ON r.image_id = i.id GROUP BY i.job_id"
         ).fetchall()
-    assert len(rows) == 4  # warm-up + measured job, for INT8 and FP32
+    assert len(rows) == 6  # warm-up + measured job, for INT8 on each runtime and FP32
     for _job, n_images, n_results, distinct in rows:
         assert n_images == n_results == distinct
 
