@@ -126,7 +126,7 @@ class ExportReport:
                 "",
                 f"## Gate: {self.gate.to_dict()['verdict']}",
                 "",
-                f"Runtime: {self.gate.runtime}",
+                f"Applied to the runtime workers will use: {self.gate.runtime}",
                 "",
             ]
             lines += [

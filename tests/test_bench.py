@@ -27,10 +27,10 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
         [
             "bench", str(images), "--images", "40", "--workers", "1", "--batch-sizes", "8",
             "--model", str(model_path), "--fp32-model", str(model_path), "--work-dir", str(work), "--json",
-            "--ray", "--decodes", "exact,fast",
+            "--ray", "--decodes", "exact,fast", "--runtimes", "onnxruntime,openvino",
         ],
         imgbatch_env(tmp_path),
-        timeout=240,
+        timeout=420,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -39,9 +39,18 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     for mode in ("model", "pillow", "exact", "fast"):
         bare = result["bare"][mode]
         assert bare["images"] + bare["errors"] == 40 and _positive(bare["images_per_s"]), bare
-    run, fast_run = result["pipeline"]  # the decoder is a dimension of the grid
-    assert (run["label"], run["decode"], run["workers"], run["batch_size"]) == ("int8", "exact", 1, 8)
-    assert (fast_run["decode"], fast_run["results"]) == ("fast", 40)
+    # The decoder and the runtime are dimensions of the grid: one INT8 run per runtime and decoder.
+    runs = result["pipeline"]
+    assert [(r["label"], r["workers"], r["batch_size"], r["runtime"], r["decode"]) for r in runs] == [
+        ("int8", 1, 8, "onnxruntime", "exact"), ("int8", 1, 8, "onnxruntime", "fast"),
+        ("int8", 1, 8, "openvino", "exact"), ("int8", 1, 8, "openvino", "fast"),
+    ]  # fmt: skip
+    run = runs[0]
+    for other in runs[1:]:
+        assert other["images"] == other["results"] == 40 and other["pending"] == 0
+    assert set(result["runtime_ratios"]) == {"onnxruntime", "openvino"}
+    for figures in result["runtime_ratios"].values():
+        assert _positive(figures["pipeline_vs_bare_pillow"]) and _positive(figures["vs_primary_runtime"])
     assert run["images"] == run["results"] == 40 and run["pending"] == 0
     assert _positive(run["images_per_s"]) and _positive(run["seconds"])
     assert set(run["stages"]) == STAGES
@@ -74,6 +83,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     for decode in ("exact", "fast"):
         assert all(_positive(v) for v in result["decode_ratios"][decode].values()), result["decode_ratios"]
         assert f"pipeline, decode {decode}: / Pillow+onnxruntime loop" in rendered
+    assert "pipeline on openvino / bare loop with Pillow decode + onnxruntime" in rendered
     parity = result["decoder_parity"]
     assert 0 < parity["decoders"]["exact"]["identical"] <= parity["images"], parity  # large ones: DCT-scaled
     assert 0 <= parity["decoders"]["fast"]["top1_agreement"] <= 1
@@ -85,7 +95,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
             "SELECT i.job_id, count(i.id), count(r.id), count(DISTINCT r.image_id) "
             "FROM images i LEFT JOIN results r ON r.image_id = i.id GROUP BY i.job_id"
         ).fetchall()
-    assert len(rows) == 6  # warm-up + measured job, for INT8 exact, INT8 fast and FP32
+    assert len(rows) == 10  # warm-up + measured job, for INT8 on each runtime with each decoder, and FP32
     for _job, n_images, n_results, distinct in rows:
         assert n_images == n_results == distinct
 

@@ -90,7 +90,7 @@ def test_torchscript_end_to_end(tmp_path: Path, tiny_files: dict[str, Path]) -> 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| ONNX INT8 |" in result.stdout and "Gate: PASSED" in result.stdout
-    assert "Applied to the runtime openvino" in result.stdout
+    assert "Applied to the runtime workers will use: openvino" in result.stdout
     assert "histogram" not in result.stdout  # ORT's calibration progress prints stay out of the report
     session, info = open_session(out)
     assert info.extra["imgbatch.source_sha256"]

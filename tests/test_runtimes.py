@@ -113,10 +113,14 @@ def test_auto_falls_back_to_onnxruntime_without_openvino(model_path: Path, tmp_p
         "import logging; logging.basicConfig(level=logging.INFO)\n"
         "from pathlib import Path\n"
         "from imgbatch.core.errors import ModelFileError\n"
-        "from imgbatch.core.runtimes import open_runtime\n"
+        "from imgbatch.core.runtimes import open_runtime, require_runtime\n"
         f"print(open_runtime(Path({str(model_path)!r}), 1, 'auto', Path({str(tmp_path)!r})).name)\n"
         "try:\n"
         f"    open_runtime(Path({str(model_path)!r}), 1, 'openvino')\n"
+        "except ModelFileError as exc:\n"
+        "    print('error:', exc)\n"
+        "try:\n"  # what `imgbatch run/worker --runtime openvino` check before starting anything
+        "    require_runtime('openvino')\n"
         "except ModelFileError as exc:\n"
         "    print('error:', exc)\n"
     )
@@ -125,6 +129,7 @@ def test_auto_falls_back_to_onnxruntime_without_openvino(model_path: Path, tmp_p
     out = proc.stdout.splitlines()
     assert out[0] == "onnxruntime"
     assert out[1].startswith("error: runtime openvino is not available")
+    assert out[2].startswith("error: runtime openvino is not available")
     assert "runtime auto: onnxruntime" in proc.stderr and "blocked" in proc.stderr
 
 

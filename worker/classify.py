@@ -106,10 +106,11 @@ class Classifier:
         max_bytes: int = DEFAULT_MAX_FILE_BYTES,
         timeout_s: float = 60.0,
         decode: Decoder = "exact",
-        runtime: RuntimeChoice = "auto",
+        runtime: RuntimeChoice = "onnxruntime",
         cache_dir: Path | None = None,
     ) -> Classifier:
-        """``runtime`` and ``cache_dir``: as ``imgbatch.core.runtimes.open_runtime`` takes them."""
+        """``runtime`` and ``cache_dir``: as ``imgbatch.core.runtimes.open_runtime`` takes them (workers
+        pass their settings'; the default is the reference runtime, which needs no measurement)."""
         runner = open_runtime(model_path, intra_op_threads, runtime, cache_dir)
         return cls(runner, max_pixels, max_bytes=max_bytes, timeout_s=timeout_s, decode=decode)
 

@@ -12,7 +12,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from db.engine import engine_for, ensure_schema
 from imgbatch.core.cpus import usable_cpus
-from imgbatch.core.errors import UserError
+from imgbatch.core.errors import ModelFileError, UserError
 from imgbatch.core.modelfile import read_model_info
 from imgbatch.core.runtimes import check_model_in_child, planned_runtime
 from imgbatch.core.settings import Settings
@@ -20,6 +20,24 @@ from worker.app import check_redis, create_app
 from worker.dispatcher import start_dispatcher, stop_dispatchers
 from worker.runtime import ort_threads
 from worker.tasks import register_tasks
+
+
+def check_model(settings: Settings) -> None:
+    """Fail fast with one line, before Celery forks anything; and settle `auto` here, once (measured in
+    a child process and cached), so that the pool processes only read the choice. With OpenVINO the
+    contract is checked in a child too (which leaves the compiled model in the cache dir for the pool
+    processes): they carry whatever this process loads."""
+    threads = ort_threads(settings)
+    runtime, _why = planned_runtime(settings.model_path, threads, settings.runtime, settings.cache_dir)
+    if runtime == "openvino":
+        try:
+            check_model_in_child(settings.model_path, threads, settings.cache_dir)
+            return
+        except ModelFileError:
+            if settings.runtime == "openvino":
+                raise
+            # auto: the pool processes fall back to onnxruntime (and log why); check it for them.
+    read_model_info(settings.model_path)
 
 
 def start_worker(settings: Settings, concurrency: int | None, loglevel: str = "INFO") -> None:
@@ -30,16 +48,7 @@ def start_worker(settings: Settings, concurrency: int | None, loglevel: str = "I
     processes = concurrency or settings.worker_concurrency or usable_cpus()
     # Pool children split the cores among themselves by this count (worker.runtime.ort_threads).
     settings = settings.model_copy(update={"worker_concurrency": processes})
-    # Fail fast with one line, before Celery forks anything; and settle `auto` here, once (measured in
-    # a child process and cached), so that the pool processes only read the choice. With OpenVINO
-    # the contract is checked in a child too (which leaves the compiled model in the cache dir for the
-    # pool processes): they carry whatever this process loads.
-    threads = ort_threads(settings)
-    runtime, _why = planned_runtime(settings.model_path, threads, settings.runtime, settings.cache_dir)
-    if runtime == "openvino":
-        check_model_in_child(settings.model_path, threads, settings.cache_dir)
-    else:
-        read_model_info(settings.model_path)
+    check_model(settings)
     if settings.redis_url is None:
         raise UserError("IMGBATCH_REDIS_URL is not set: a worker needs a Redis to read batches from")
     check_redis(settings.redis_url)

@@ -50,8 +50,8 @@ from imgbatch.core.modelfile import (
 RUNTIMES = ("onnxruntime", "openvino")
 RuntimeChoice = Literal["auto", "onnxruntime", "openvino"]
 # OpenVINO runs a model's non-quantized layers in bf16 by default on CPUs with AVX-512 bf16 (or AMX).
-# Pinned to f32: on 750 ImageNet photos bf16 moved INT8's top-1 agreement with FP32 (docs/quantization.md,
-# "Runtimes"), and f32 is still faster than onnxruntime here.
+# Pinned to f32: on 750 ImageNet photos bf16 lowered INT8's top-1 agreement with FP32 from 98.9 % to
+# 97.9 % (docs/quantization.md, "Runtimes"); `auto` then measures whether f32 OpenVINO is still faster.
 OPENVINO_PRECISION = "f32"
 # The probe times batches of this many images, the workers' inference batch (worker.classify).
 PROBE_BATCH = 8
@@ -104,7 +104,8 @@ class OpenVinoRunner:
 def run_one_by_one(request: Any, batch: np.ndarray) -> np.ndarray:
     """A batch through a model compiled for batch 1, an image at a time. Why not one call: compiled for
     a dynamic batch, OpenVINO's CPU plugin took ~25 MB more of a worker's RSS at batch 8 (165 vs 140 MB
-    peak, EfficientNet-Lite0 INT8), at the same images/s on one thread (68.5-91 vs 71.7-85.5 ms per 8)."""
+    peak, EfficientNet-Lite0 INT8), which the 200 MB budget of a worker has no room for; it costs ~7 %
+    of OpenVINO's speed (188 vs 202 images/s, f32, one thread, interleaved)."""
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     # share_outputs=False (the default): copies, not views the next call overwrites.
     return np.concatenate([np.asarray(request.infer({0: batch[i : i + 1]})[0]) for i in range(len(batch))])
