@@ -321,7 +321,7 @@ def _decode_jpeg_exact(data: bytes, spec: PreprocessSpec, max_pixels: int) -> Im
     Pillow. Full decode (the same pixels as Pillow's) unless the image is 4x larger than needed.
 
     The orientation is applied before the resize, as the reference does: Pillow's resize rounds
-    between its horizontal and vertical passes, so rotating afterwards would differ by one level.
+    between its horizontal and vertical passes, so rotating afterwards can differ by one level.
     """
     header = _plain_jpeg_header(data, max_pixels)
     if header is None:
@@ -371,7 +371,7 @@ _CV2_INTERPOLATION = {"bilinear": 1, "bicubic": 2, "nearest": 0}  # cv2.INTER_LI
 
 
 def _load_jpeg_fast(path: str | Path, spec: PreprocessSpec, max_pixels: int) -> np.ndarray | None:
-    """`_decode_jpeg_fast` of a file (tests and the bench compare the two decoders with it)."""
+    """`_decode_jpeg_fast` of a file (tests hold it to the Pillow route of the fast decoder)."""
     return _decode_jpeg_fast(read_image_file(path), spec, max_pixels)
 
 
