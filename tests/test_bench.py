@@ -134,10 +134,12 @@ def test_fp32_twin_has_the_int8_models_contract_and_classifies(
     model_path: Path, photo_dir: Path, tmp_path: Path
 ) -> None:
     """The FP32 model bench compares against is exported from the same checkpoint and carries the INT8
-    model's labels and preprocessing; it classifies the photos the same way."""
+    model's labels and preprocessing; it classifies the photos alike: the coffee the same, the cat as a
+    cat (FP32 itself splits it between Egyptian cat and tiger cat, 0.37 / 0.35, so INT8 may pick either)."""
     from imgbatch.bench.models import ensure_fp32_model
     from imgbatch.core.modelfile import open_session
     from imgbatch.core.preprocess import load_tensor
+    from imgbatch.core.samples import EXPECTED_CLASSES
 
     twin = ensure_fp32_model(model_path, tmp_path / "twin.fp32.onnx")
     fp32, fp32_info = open_session(twin)
@@ -147,4 +149,6 @@ def test_fp32_twin_has_the_int8_models_contract_and_classifies(
     x = np.stack([load_tensor(photo_dir / name, fp32_info.preprocess) for name in ("cat.jpg", "coffee.jpg")])
     top_fp32 = fp32.run(None, {"input": x})[0].argmax(1)
     top_int8 = int8.run(None, {"input": x})[0].argmax(1)
-    assert list(top_fp32) == list(top_int8)
+    assert top_fp32[1] == top_int8[1]
+    for top in (top_fp32, top_int8):
+        assert top[0] in EXPECTED_CLASSES["cat"] and top[1] in EXPECTED_CLASSES["coffee"], top

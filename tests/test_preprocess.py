@@ -296,6 +296,8 @@ def exact_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "subsampling-422": (load_photo("cat"), {"subsampling": 1}),
         "under-4x": (load_photo("coffee").resize((1530, 1020), Image.Resampling.BICUBIC), {}),
         "grayscale-rotated-3": (load_photo("cat").convert("L"), {"exif": _exif(3)}),
+        # No EXIF orientation, an XMP one: Pillow's exif_transpose applies it too.
+        "xmp-orientation-6": (motorcycle, {"xmp": XMP_ORIENTATION_6, "quality": 90}),
     }
     for name, (img, options) in saves.items():
         cases[name] = directory / f"{name}.jpg"
@@ -305,6 +307,14 @@ def exact_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cases["png-alpha"] = directory / "cat-alpha.png"
     load_photo("cat").convert("RGBA").save(cases["png-alpha"])
     return cases
+
+
+XMP_ORIENTATION_6 = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+    b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+    b"</rdf:RDF></x:xmpmeta>"
+)
 
 
 def _exif(orientation: int) -> Image.Exif:
@@ -325,10 +335,10 @@ def test_exact_decoder_takes_libjpeg_turbo_for_plain_jpegs_and_pillow_for_the_re
     exact_cases: dict[str, Path],
 ) -> None:
     """The bit-identity above covers both routes: plain YCbCr JPEGs (any subsampling, progressive,
-    EXIF-rotated) through simplejpeg, grayscale and CMYK JPEGs and PNGs through Pillow."""
+    EXIF-rotated) through simplejpeg; grayscale and CMYK JPEGs, an XMP orientation, PNGs through Pillow."""
     from imgbatch.core import preprocess
 
-    via_pillow = {"grayscale", "cmyk", "grayscale-rotated-3", "png", "png-alpha"}
+    via_pillow = {"grayscale", "cmyk", "grayscale-rotated-3", "xmp-orientation-6", "png", "png-alpha"}
     for name, path in exact_cases.items():
         img = preprocess._decode_jpeg_exact(path.read_bytes(), SPEC, preprocess.DEFAULT_MAX_PIXELS)
         assert (img is None) == (name in via_pillow), name
@@ -342,6 +352,7 @@ def test_exact_decoder_applies_every_exif_orientation(exact_cases: dict[str, Pat
     with Image.open(exact_cases["orientation-6"]) as img:  # stored landscape, shown portrait
         assert img.width > img.height
     assert np.array_equal(tensors[5], load_reference_tensor(exact_cases["orientation-6"], SPEC))
+    assert np.array_equal(load_tensor(exact_cases["xmp-orientation-6"], SPEC), tensors[5])
 
 
 @pytest.mark.parametrize(("size", "factor"), [((1650, 1100), 2), ((3000, 2000), 2), ((4032, 3024), 4)])

@@ -58,11 +58,16 @@ def run(
 
     config = with_choices(settings(), runtime, decode)
     dirs: list[str | Path] = list(directories or []) or [_sample_dir(config)]
-    bar = progress_bar()  # started once the job is recorded: a bad directory prints its one line only
+    # Shown at once, and gone without a trace if a directory is bad (its error stays the one line);
+    # the bar replaces it as soon as the job is recorded.
+    starting = err_console.status("starting Redis and the workers, scanning the directories ...")
+    starting.start()
+    bar = progress_bar()
     task = bar.add_task("classifying", total=None)
     started: dict[str, int] = {}
 
     def on_submitted(sub: Submitted) -> None:
+        starting.stop()
         started["finished"] = sub.finished
         if sub.resumed:
             console.print(
@@ -90,6 +95,7 @@ def run(
             on_notice=on_notice,
         )
     except KeyboardInterrupt:
+        starting.stop()
         bar.stop()
         err_console.print(
             "interrupted: workers stopped; finished images are kept, and `imgbatch run` on the same "
@@ -97,6 +103,7 @@ def run(
         )
         raise typer.Exit(130) from None
     finally:
+        starting.stop()
         bar.stop()
     print_summary(outcome.submitted.job_id, outcome.seconds, since_finished=started.get("finished", 0))
 

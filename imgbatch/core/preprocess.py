@@ -321,7 +321,7 @@ def _decode_jpeg_exact(data: bytes, spec: PreprocessSpec, max_pixels: int) -> Im
     Pillow. Full decode (the same pixels as Pillow's) unless the image is 4x larger than needed.
 
     The orientation is applied before the resize, as the reference does: Pillow's resize rounds
-    between its horizontal and vertical passes, so rotating afterwards would differ by one level.
+    between its horizontal and vertical passes, so rotating afterwards can differ by one level.
     """
     header = _plain_jpeg_header(data, max_pixels)
     if header is None:
@@ -331,7 +331,7 @@ def _decode_jpeg_exact(data: bytes, spec: PreprocessSpec, max_pixels: int) -> Im
     rgb = _simplejpeg_decode(data, width, height, factor)
     if rgb is None:
         return None
-    img = Image.fromarray(rgb, "RGB")
+    img = Image.fromarray(rgb)
     method = _EXIF_TRANSPOSE.get(orientation)
     return img.transpose(method) if method is not None else img
 
@@ -371,7 +371,7 @@ _CV2_INTERPOLATION = {"bilinear": 1, "bicubic": 2, "nearest": 0}  # cv2.INTER_LI
 
 
 def _load_jpeg_fast(path: str | Path, spec: PreprocessSpec, max_pixels: int) -> np.ndarray | None:
-    """`_decode_jpeg_fast` of a file (tests and the bench compare the two decoders with it)."""
+    """`_decode_jpeg_fast` of a file (tests hold it to the Pillow route of the fast decoder)."""
     return _decode_jpeg_fast(read_image_file(path), spec, max_pixels)
 
 
@@ -456,11 +456,16 @@ def _orient(img: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def exif_orientation(data: bytes) -> int | None:
-    """The EXIF orientation (1-8) of JPEG bytes, 1 when there is none, None when unsure.
+    """The orientation (1-8) Pillow's ``exif_transpose`` applies to JPEG bytes, 1 when there is none,
+    None when unsure.
 
-    Reads only the marker segments before the image data: no pixel is decoded.
+    Reads only the marker segments before the image data: no pixel is decoded. Pillow takes the first
+    EXIF segment's tag and, only when that is absent, an XMP ``tiff:Orientation``; an XMP packet that
+    names an orientation is left to Pillow (None).
     """
     pos, end = 2, len(data)
+    orientation: int | None = 0  # 0: no EXIF orientation tag (yet)
+    seen_exif = xmp_orientation = False
     while pos + 4 <= end:
         if data[pos] != 0xFF:
             return None
@@ -468,18 +473,25 @@ def exif_orientation(data: bytes) -> int | None:
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker in (0xD9, 0xDA):  # end of image, start of scan: no EXIF before the pixels
-            return 1
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: the metadata is behind us
+            if orientation == 0:
+                return None if xmp_orientation else 1
+            return orientation
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
         if length < 2:
             return None
-        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
-            return _tiff_orientation(data[pos + 10 : pos + 2 + length])
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and not seen_exif:
+            seen_exif = True
+            orientation = _tiff_orientation(segment[6:])
+        elif marker == 0xE1 and segment.startswith(b"http://ns.adobe.com/xap/1.0/"):
+            xmp_orientation = xmp_orientation or b"Orientation" in segment
         pos += 2 + length
     return None
 
 
 def _tiff_orientation(tiff: bytes) -> int | None:
+    """The orientation tag of an EXIF block: 1-8 (any other value: 1, as Pillow), 0 when absent."""
     order = tiff[:2]
     if order not in (b"II", b"MM"):
         return None
@@ -496,4 +508,4 @@ def _tiff_orientation(tiff: bytes) -> int | None:
                 return value if 1 <= value <= 8 else 1
     except (IndexError, ValueError):
         return None
-    return 1
+    return 0

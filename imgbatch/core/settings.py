@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     # model on this CPU, onnxruntime (the reference) otherwise.
     runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
     # "exact": tensors bit-identical to the reference preprocessing (full decode, Pillow's resize
-    # and crop); "fast": DCT-scaled decode and OpenCV resize, approximate.
+    # and crop) below 4x the resize, DCT-scaled to >= 2x above; "fast": DCT-scaled decode and
+    # OpenCV resize, approximate (imgbatch.core.preprocess).
     decode: Literal["exact", "fast"] = "exact"
     # Worker tuning; 0 means derive from the CPUs this process may use.
     worker_concurrency: int = Field(default=0, ge=0)
