@@ -97,15 +97,19 @@ def run(
     except KeyboardInterrupt:
         starting.stop()
         bar.stop()
-        err_console.print(
-            "interrupted: workers stopped; finished images are kept, and `imgbatch run` on the same "
-            "directories resumes the job"
-        )
-        raise typer.Exit(130) from None
+        raise _interrupted() from None
     finally:
         starting.stop()
         bar.stop()
     print_summary(outcome.submitted.job_id, outcome.seconds, since_finished=started.get("finished", 0))
+
+
+def _interrupted() -> typer.Exit:
+    err_console.print(
+        "interrupted: workers stopped; finished images are kept, and `imgbatch run` on the same "
+        "directories resumes the job"
+    )
+    return typer.Exit(130)
 
 
 def with_choices(config: Settings, runtime: str | None, decode: str | None = None) -> Settings:
