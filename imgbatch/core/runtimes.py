@@ -319,8 +319,19 @@ def check_model_in_child(path: Path, threads: int, cache_dir: Path | None) -> No
     in ``cache_dir`` for the pool processes: a worker's main process that will fork OpenVINO pool
     processes must hold neither runtime (~43 MB of onnxruntime's RSS every pool process would carry)."""
     where = [] if cache_dir is None else [str(cache_dir)]
+    try:
+        _in_child("check", str(path), str(threads), *where)
+    except RuntimeError as exc:
+        raise ModelFileError(
+            f"cannot check model {path}: {exc}" if str(exc).startswith("exit code") else str(exc)
+        ) from None
+
+
+def _in_child(*args: str) -> str:
+    """Run this module's command line in a fresh interpreter; its stdout, or RuntimeError with the last
+    line of its stderr."""
     done = subprocess.run(
-        [sys.executable, "-m", "imgbatch.core.runtimes", "check", str(path), str(threads), *where],
+        [sys.executable, "-m", "imgbatch.core.runtimes", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -328,9 +339,8 @@ def check_model_in_child(path: Path, threads: int, cache_dir: Path | None) -> No
     )
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
-        raise ModelFileError(
-            lines[-1] if lines else f"cannot check model {path}: exit code {done.returncode}"
-        )
+        raise RuntimeError(lines[-1] if lines else f"exit code {done.returncode}")
+    return done.stdout
 
 
 def planned_runtime(path: Path, threads: int, choice: str, cache_dir: Path | None) -> tuple[str, str]:
@@ -417,17 +427,7 @@ def write_cache(cache_dir: Path | None, key: str, figures: dict[str, float]) -> 
 
 def probe_in_child(path: Path, threads: int) -> dict[str, float]:
     """``probe`` in a fresh interpreter: the caller (a worker process) never holds both runtimes."""
-    done = subprocess.run(
-        [sys.executable, "-m", "imgbatch.core.runtimes", str(path), str(threads)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        raise RuntimeError(lines[-1] if lines else f"exit code {done.returncode}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = json.loads(_in_child(str(path), str(threads)).strip().splitlines()[-1])
     return {name: float(figures[name]) for name in ("onnxruntime_ms", "openvino_ms", "saturation_safe")}
 
 
