@@ -15,7 +15,7 @@ import pytest
 from conftest import assert_one_line_error, imgbatch_env, run_cli
 from imgbatch.core.errors import ModelFileError
 from imgbatch.core.modelfile import read_model_bytes
-from imgbatch.core.preprocess import load_tensor_pillow
+from imgbatch.core.preprocess import load_reference_tensor
 from imgbatch.core.runtimes import (
     CACHE_NAME,
     MIN_GAIN,
@@ -46,7 +46,7 @@ def _key(model_path: Path) -> str:
 
 def _photo_batch(photo_dir: Path, model_path: Path) -> np.ndarray:
     spec = open_onnxruntime(model_path).info.preprocess
-    return np.stack([load_tensor_pillow(p, spec) for p in sorted(photo_dir.glob("*.jpg"))])
+    return np.stack([load_reference_tensor(p, spec) for p in sorted(photo_dir.glob("*.jpg"))])
 
 
 def test_openvino_agrees_with_onnxruntime_on_the_sample_photos(model_path: Path, photo_dir: Path) -> None:
