@@ -58,9 +58,14 @@ def test_openvino_agrees_with_onnxruntime_on_the_sample_photos(model_path: Path,
     ort = np.concatenate([reference.run(x[i : i + 8]) for i in range(0, len(x), 8)])
     ov = np.concatenate([openvino.run(x[i : i + 8]) for i in range(0, len(x), 8)])
     assert ov.shape == ort.shape == (len(x), len(reference.info.labels))
-    assert np.array_equal(ov.argmax(1), ort.argmax(1))
-    # Both run the same INT8 graph; their kernels round differently (measured max |diff| ~0.2 logit).
-    assert np.abs(ov - ort).max() < 1.0
+    # Both run the same INT8 graph; their kernels round differently (measured max |diff| 0.12-0.33
+    # logit per photo), so a photo whose best two classes are closer than that may flip (one of the
+    # eight here: 0.11 apart). Where onnxruntime's winner leads by more than 0.5, OpenVINO agrees.
+    assert np.abs(ov - ort).max() < 0.6
+    top2 = np.sort(ort, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.5
+    assert clear.sum() >= 3
+    assert np.array_equal(ov.argmax(1)[clear], ort.argmax(1)[clear])
 
 
 def test_openvino_compiled_once_then_imported(model_path: Path, photo_dir: Path, tmp_path: Path) -> None:
