@@ -107,7 +107,22 @@ def run(
                 on_progress(finished, total)
 
         Watcher(settings, engine, broker_url).watch(submitted.job_id, progress, on_notice)
+        if settings.redis_url is None:
+            _stop_at_once(proc)
         return RunOutcome(submitted, time.monotonic() - start)
+
+
+def _stop_at_once(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the workers of a finished job whose broker is ours alone.
+
+    Celery's warm shutdown of the prefork pool takes 2.5-3.5 s (measured on 2 cores), about 3 % of a
+    10,000-image run. Here it guards nothing: every image of the job has its committed row, no other
+    job can be on the private Redis, which goes with them, and a killed worker loses nothing by
+    design. With a shared Redis the orderly SIGTERM stays (another job's batch may be running).
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _last_line(path: Path) -> str:
