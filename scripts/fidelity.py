@@ -43,15 +43,23 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def onnxruntime_runner(model: Path, threads: int) -> Runner:
-    from imgbatch.core.modelfile import open_session
+    from imgbatch.core.runtimes import open_onnxruntime
 
-    session, _ = open_session(model, threads)
-    name = session.get_inputs()[0].name
-    return lambda x: np.asarray(session.run(None, {name: x})[0])
+    return open_onnxruntime(model, threads).run
 
 
-# runtime name -> (model path, threads) -> runner. Another runtime is one more entry.
-RUNTIMES: dict[str, Callable[[Path, int], Runner]] = {"onnxruntime": onnxruntime_runner}
+def openvino_runner(model: Path, threads: int) -> Runner:
+    """OpenVINO as workers run it (f32 pinned, image by image)."""
+    from imgbatch.core.runtimes import open_openvino
+
+    return open_openvino(model, threads).run
+
+
+# runtime name -> (model path, threads) -> runner.
+RUNTIMES: dict[str, Callable[[Path, int], Runner]] = {
+    "onnxruntime": onnxruntime_runner,
+    "openvino": openvino_runner,
+}
 
 
 @dataclass
