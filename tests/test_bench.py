@@ -39,11 +39,12 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
     for mode in ("model", "pillow", "exact", "fast"):
         bare = result["bare"][mode]
         assert bare["images"] + bare["errors"] == 40 and _positive(bare["images_per_s"]), bare
-    # The decoder and the runtime are dimensions of the grid: one INT8 run per runtime and decoder.
+    # The decoder and the runtime are dimensions of the grid: every decoder on the first runtime, the
+    # first decoder on the other.
     runs = result["pipeline"]
     assert [(r["label"], r["workers"], r["batch_size"], r["runtime"], r["decode"]) for r in runs] == [
         ("int8", 1, 8, "onnxruntime", "exact"), ("int8", 1, 8, "onnxruntime", "fast"),
-        ("int8", 1, 8, "openvino", "exact"), ("int8", 1, 8, "openvino", "fast"),
+        ("int8", 1, 8, "openvino", "exact"),
     ]  # fmt: skip
     run = runs[0]
     for other in runs[1:]:
@@ -95,7 +96,9 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
             "SELECT i.job_id, count(i.id), count(r.id), count(DISTINCT r.image_id) "
             "FROM images i LEFT JOIN results r ON r.image_id = i.id GROUP BY i.job_id"
         ).fetchall()
-    assert len(rows) == 10  # warm-up + measured job, for INT8 on each runtime with each decoder, and FP32
+    assert (
+        len(rows) == 8
+    )  # warm-up + measured job: INT8 exact and fast on onnxruntime, exact on OpenVINO, FP32
     for _job, n_images, n_results, distinct in rows:
         assert n_images == n_results == distinct
 

@@ -156,7 +156,7 @@ def test_pt2_with_labels_and_fp32_preset(tmp_path: Path, tiny_files: dict[str, P
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.with_suffix(".report.json").read_text())
-    assert [r["name"] for r in report["rows"]] == ["PyTorch eager FP32", "ONNX FP32"]
+    assert [r["name"] for r in report["rows"]] == ["PyTorch eager FP32", "ONNX FP32", "ONNX FP32 on OpenVINO"]
     assert report["rows"][1]["top1_accuracy"] is not None
     assert json.loads(open_session(out)[1].quantization)["mode"] == "fp32"
 

@@ -71,12 +71,13 @@ class BenchPlan:
         return PRIMARY_BATCH if PRIMARY_BATCH in self.batch_sizes else max(self.batch_sizes)
 
     def int8_cases(self) -> list[PipelineCase]:
-        """The INT8 grid, every runtime by every decoder by every worker count by every batch size, in
-        the table's order."""
+        """The INT8 grid in the table's order: every decoder on the first runtime, the first decoder on
+        the others (the decoder's cost does not depend on the runtime), by every worker count and batch
+        size."""
         return [
             PipelineCase("int8", self.model_path, workers, batch_size, decode, runtime)
             for runtime in self.runtimes
-            for decode in self.decodes
+            for decode in (self.decodes if runtime == self.primary_runtime else self.decodes[:1])
             for workers in self.worker_counts
             for batch_size in self.batch_sizes
         ]
@@ -108,7 +109,9 @@ class BenchPlan:
     def round_cases(self) -> list[PipelineCase]:
         """The pipeline jobs of one round: the ratios' runs first (right after the bare loops they are
         compared with), then the rest of the grid, then FP32."""
-        primaries = {self.primary_case(d, r) for d in self.decodes for r in self.runtimes}
+        primaries = {self.primary_case(decode=d) for d in self.decodes} | {
+            self.primary_case(runtime=r) for r in self.runtimes
+        }
         cases = sorted(self.int8_cases(), key=lambda case: case not in primaries)
         fp32 = self.fp32_case()
         return cases if fp32 is None else [*cases, fp32]
