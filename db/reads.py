@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, aliased
 
-from db.models import ACTIVE_STATES, Image, ImageStatus, Job, JobState, Result
 from imgbatch.core.names import open_path
+from imgbatch.db.models import ACTIVE_STATES, Image, ImageStatus, Job, JobState, Result
 
 STAGES = ("queue_ms", "decode_ms", "infer_ms", "persist_ms")
 _STAGE_COLUMNS = {

@@ -12,10 +12,10 @@ from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import ACTIVE_STATES, Image, ImageStatus, Job, JobState, Result, utcnow
-from db.reads import error_image_ids, has_pending
 from imgbatch.core.errors import UserError
 from imgbatch.core.names import encode_path
+from imgbatch.db.models import ACTIVE_STATES, Image, ImageStatus, Job, JobState, Result, utcnow
+from imgbatch.db.reads import error_image_ids, has_pending
 
 # SQLite allows 32766 bound parameters per statement; stay well under it for multi-row inserts.
 _INSERT_CHUNK = 2000

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Imported here so that a missing torch/onnx becomes a one-line error, not a traceback.
-        from export.build import build_model
+        from imgbatch.export.build import build_model
 
         report = build_model(args.output, calib_count=args.calib_count, seed=args.seed)
     except UserError as exc:

@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from export.biascorr import apply_bias_deltas
-from export.measure import speed_ratio
-from export.quantize import (
+from imgbatch.core.preprocess import PreprocessSpec
+from imgbatch.export.biascorr import apply_bias_deltas
+from imgbatch.export.measure import speed_ratio
+from imgbatch.export.quantize import (
     CLASSIFIER,
     FIRST_CONV,
     QuantConfig,
@@ -41,9 +42,8 @@ from export.quantize import (
     resolve_keep_fp32,
     safe_weight_ranges,
 )
-from export.report import Thresholds, all_cores, kl_divergence
-from export.runners import exact_int8, logits, onnx_runner
-from imgbatch.core.preprocess import PreprocessSpec
+from imgbatch.export.report import Thresholds, all_cores, kl_divergence
+from imgbatch.export.runners import exact_int8, logits, onnx_runner
 
 
 @dataclass(frozen=True)

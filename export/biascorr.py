@@ -28,7 +28,7 @@ def channel_mean(a: np.ndarray) -> np.ndarray:
 def _input_means(
     model_path: Path, tensors: list[str], paths: Sequence[Path], spec: PreprocessSpec, input_name: str
 ) -> dict[str, np.ndarray]:
-    from export.onnx_export import tensor_batches
+    from imgbatch.export.onnx_export import tensor_batches
 
     sums: dict[str, np.ndarray] = {}
     count = 0

@@ -23,8 +23,12 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 
-from export.auto import AutoSearch, SearchPhotos, search
-from export.evalset import (
+from imgbatch.core.errors import UserError
+from imgbatch.core.modelfile import open_session
+from imgbatch.core.runtimes import planned_runtime
+from imgbatch.core.samples import write_photos
+from imgbatch.export.auto import AutoSearch, SearchPhotos, search
+from imgbatch.export.evalset import (
     NATURAL_PHOTOS,
     LabelledSet,
     calibration_set,
@@ -33,14 +37,14 @@ from export.evalset import (
     natural_eval_set,
     search_set,
 )
-from export.evaluate import evaluate
-from export.export_report import ExportReport, GateDecision, GateRefused, ReportedFailure
-from export.measure import bench, describe_machine, ratios
-from export.metadata import imagenet_labels, write_metadata
-from export.onnx_export import ParityReport, check_parity, export_any, load_batch
-from export.quantize import QuantConfig, get_preset, prepare, quantize_int8
-from export.report import Row, Thresholds, all_cores, gate
-from export.runners import (
+from imgbatch.export.evaluate import evaluate
+from imgbatch.export.export_report import ExportReport, GateDecision, GateRefused, ReportedFailure
+from imgbatch.export.measure import bench, describe_machine, ratios
+from imgbatch.export.metadata import imagenet_labels, write_metadata
+from imgbatch.export.onnx_export import ParityReport, check_parity, export_any, load_batch
+from imgbatch.export.quantize import QuantConfig, get_preset, prepare, quantize_int8
+from imgbatch.export.report import Row, Thresholds, all_cores, gate
+from imgbatch.export.runners import (
     ONNX_INT8,
     RUNTIME_ROWS,
     ComparedModels,
@@ -49,11 +53,7 @@ from export.runners import (
     openvino_available,
     torch_runner,
 )
-from export.sources import DEFAULT_ARCH, Source, default_preset, load_source
-from imgbatch.core.errors import UserError
-from imgbatch.core.modelfile import open_session
-from imgbatch.core.runtimes import planned_runtime
-from imgbatch.core.samples import write_photos
+from imgbatch.export.sources import DEFAULT_ARCH, Source, default_preset, load_source
 
 
 @dataclass(frozen=True)

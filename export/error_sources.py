@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.report import kl_divergence
+from imgbatch.export.report import kl_divergence
 
 LAYER_OPS = ("Conv", "Gemm")
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export import error_sources
-from export.evalset import LabelledSet
-from export.report import Row, Runner, all_cores, fill_accuracy
-from export.runners import (
+from imgbatch.core.preprocess import PreprocessSpec
+from imgbatch.export import error_sources
+from imgbatch.export.evalset import LabelledSet
+from imgbatch.export.report import Row, Runner, all_cores, fill_accuracy
+from imgbatch.export.runners import (
     ONNX_FP32,
     ONNX_INT8,
     OPENVINO_FP32,
@@ -24,7 +25,6 @@ from export.runners import (
     logits,
     onnx_runner,
 )
-from imgbatch.core.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from export.auto import AutoSearch
-from export.onnx_export import ParityReport
-from export.quantize import QuantConfig
-from export.report import GateResult, Row, Thresholds
 from imgbatch.core.errors import UserError
+from imgbatch.export.auto import AutoSearch
+from imgbatch.export.onnx_export import ParityReport
+from imgbatch.export.quantize import QuantConfig
+from imgbatch.export.report import GateResult, Row, Thresholds
 
 
 class ReportedFailure(UserError):

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.report import Latency, Row, all_cores, interleaved_latency, speedup
-from export.runners import (
+from imgbatch.core.cpus import int8_pairs_saturate
+from imgbatch.core.runtimes import OPENVINO_PRECISION
+from imgbatch.export.report import Latency, Row, all_cores, interleaved_latency, speedup
+from imgbatch.export.runners import (
     ONNX_FP32,
     ONNX_INT8,
     OPENVINO_FP32,
@@ -22,8 +24,6 @@ from export.runners import (
     openvino_available,
     size_mb,
 )
-from imgbatch.core.cpus import int8_pairs_saturate
-from imgbatch.core.runtimes import OPENVINO_PRECISION
 
 
 def _batch_of(x: np.ndarray, batch: int) -> np.ndarray:

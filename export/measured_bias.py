@@ -31,8 +31,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.biascorr import channel_mean
 from imgbatch.core.preprocess import PreprocessSpec
+from imgbatch.export.biascorr import channel_mean
 
 # A channel whose values are nearly all clipped barely moves with its bias (see correct_biases): its
 # step is capped at 1 / MIN_SHARE times the error.
@@ -88,7 +88,7 @@ def _stats(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-channel means of ``means_of`` and, per channel of each tensor in ``ranges``, the share of its
     values inside that range, over the images ``x``."""
-    from export.onnx_export import tensor_values
+    from imgbatch.export.onnx_export import tensor_values
 
     means: dict[str, np.ndarray] = {}
     inside: dict[str, np.ndarray] = {}
@@ -115,7 +115,7 @@ def correct_biases(
 ) -> Correction:
     """Rewrite ``quantized`` (a QDQ model made from ``fp32``, with the same tensor names) in place with
     measured bias corrections, layer by layer in graph order, on the calibration photos."""
-    from export.onnx_export import load_batch
+    from imgbatch.export.onnx_export import load_batch
 
     model = onnx.load(str(quantized))
     layers = _layers(model)

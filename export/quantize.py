@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.saturation import WeightRange
 from imgbatch.core.errors import UserError
 from imgbatch.core.preprocess import PreprocessSpec, load_tensor
+from imgbatch.export.saturation import WeightRange
 
 _FORMATS = ("QDQ", "QOperator")
 _TYPES = ("QInt8", "QUInt8")
@@ -299,7 +299,7 @@ def safe_weight_ranges(
     """The saturation-safe weight ranges ``config`` asks for (none with 7-bit weights or when off)."""
     if not config.saturation_safe or config.reduce_range:
         return {}
-    from export.saturation import weight_ranges
+    from imgbatch.export.saturation import weight_ranges
 
     return weight_ranges(prepped, skip=set(skip))
 
@@ -315,7 +315,7 @@ def config_bias_deltas(
 ) -> dict[str, np.ndarray]:
     """Bias shifts for the weights exactly as ``config`` and ``ranges`` will quantize them
     (``rounded``: ``prepped`` with its weights already rounded, see ``round_config_weights``)."""
-    from export.biascorr import bias_deltas
+    from imgbatch.export.biascorr import bias_deltas
 
     bounds = {name: r.bound for name, r in ranges.items()}
     return bias_deltas(
@@ -343,7 +343,7 @@ def round_config_weights(
     (``ranges`` plus those of every rounded weight). With "nearest" nothing changes."""
     if config.rounding == "nearest":
         return prepped, ranges
-    from export.rounding import round_weights
+    from imgbatch.export.rounding import round_weights
 
     bounds = {name: r.bound for name, r in ranges.items()}
     rounded, pinned = round_weights(prepped, output, calib_paths, spec, bounds, input_name, skip=skip)
@@ -376,7 +376,7 @@ def quantize_int8(
     """
     import shutil
 
-    from export.biascorr import apply_bias_deltas
+    from imgbatch.export.biascorr import apply_bias_deltas
 
     spec = spec or PreprocessSpec()
     if config.mode == "fp32":
@@ -400,7 +400,7 @@ def quantize_int8(
         reader = PhotoCalibrationReader(calib_paths, spec, input_name, config.calib_batch_size)
         _quantize_static(rounded, output_path, reader, config, exclude, ranges, cache_path)
         if config.measured_bias_correction:
-            from export.measured_bias import correct_biases
+            from imgbatch.export.measured_bias import correct_biases
 
             # ``prepped`` is the FP32 reference: same tensor names as the quantized graph.
             correct_biases(output_path, prepped, calib_paths, spec, input_name=input_name)
@@ -432,7 +432,7 @@ def _quantize_static(
 ) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from export.saturation import tensor_overrides
+    from imgbatch.export.saturation import tensor_overrides
 
     # ORT's histogram calibrators (Percentile, Entropy, Distribution) print their progress to
     # stdout; the export report is what the user reads there.

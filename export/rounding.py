@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.saturation import WeightRange
 from imgbatch.core.preprocess import PreprocessSpec
+from imgbatch.export.saturation import WeightRange
 
 PAIR_LIMIT = 128  # 255 * 128 < 32767: a same-sign pair of codes this small cannot saturate 16 bits
 QMAX = 127
@@ -118,7 +118,7 @@ def _hessians(
     model_path: Path, layers: list[_Layer], calib_paths: Sequence[Path], spec: PreprocessSpec, input_name: str
 ) -> dict[str, np.ndarray]:
     """``sum x x^T`` of each layer's inputs over the calibration photos, FP32 graph."""
-    from export.onnx_export import tensor_batches
+    from imgbatch.export.onnx_export import tensor_batches
 
     sums: dict[str, np.ndarray] = {}
     for values in tensor_batches(model_path, {la.input for la in layers}, calib_paths, spec, input_name):

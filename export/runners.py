@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from export.quantize import QuantConfig
-from export.report import Row, Runner
 from imgbatch.core.cpus import int8_pairs_saturate
 from imgbatch.core.modelfile import inference_session, quantization_is_saturation_safe
 from imgbatch.core.runtimes import (
@@ -24,6 +22,8 @@ from imgbatch.core.runtimes import (
     read_openvino,
     run_one_by_one,
 )
+from imgbatch.export.quantize import QuantConfig
+from imgbatch.export.report import Row, Runner
 
 TORCH_FP32 = "PyTorch eager FP32"
 ONNX_FP32 = "ONNX FP32"  # on onnxruntime, the reference runtime

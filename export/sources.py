@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from export.quantize import DEFAULT_PRESET
 from imgbatch.core.errors import UserError
 from imgbatch.core.preprocess import PreprocessSpec
+from imgbatch.export.quantize import DEFAULT_PRESET
 
 
 @dataclass(frozen=True)
@@ -35,25 +35,25 @@ class Arch:
 
 
 def _efficientnet() -> torch.nn.Module:
-    from export.efficientnet_lite import EfficientNetLite0
+    from imgbatch.export.efficientnet_lite import EfficientNetLite0
 
     return EfficientNetLite0()
 
 
 def _resnet50() -> torch.nn.Module:
-    from export.resnet import ResNet50
+    from imgbatch.export.resnet import ResNet50
 
     return ResNet50()
 
 
 def _efficientnet_weights() -> Path:
-    from export.efficientnet_lite import checkpoint_path
+    from imgbatch.export.efficientnet_lite import checkpoint_path
 
     return checkpoint_path()
 
 
 def _archs() -> dict[str, Arch]:
-    from export.resnet import PREPROCESS as RESNET_SPEC
+    from imgbatch.export.resnet import PREPROCESS as RESNET_SPEC
 
     return {
         "efficientnet_lite0": Arch(

@@ -12,16 +12,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from db.engine import engine_for, ensure_schema
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
 from imgbatch.core.runtimes import require_runtime
 from imgbatch.core.settings import Settings
-from producer.local_redis import local_redis
-from producer.scan import resolve_sources
-from producer.submit import Submitted, record_job
-from producer.watch import Notice, Watcher
-from worker.app import check_redis
+from imgbatch.db.engine import engine_for, ensure_schema
+from imgbatch.producer.local_redis import local_redis
+from imgbatch.producer.scan import resolve_sources
+from imgbatch.producer.submit import Submitted, record_job
+from imgbatch.producer.watch import Notice, Watcher
+from imgbatch.worker.app import check_redis
 
 WORKER_STOP_TIMEOUT_S = 30
 

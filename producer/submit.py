@@ -15,14 +15,14 @@ from typing import TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import ensure_schema, session_factory
-from db.models import JobState
-from db.reads import find_unfinished_job, job_counts, job_state
-from db.writes import count_images, create_job, delete_job_chunk, insert_images, mark_scanned
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
-from producer.scan import listing, resolve_sources
-from worker.app import check_redis
+from imgbatch.db.engine import ensure_schema, session_factory
+from imgbatch.db.models import JobState
+from imgbatch.db.reads import find_unfinished_job, job_counts, job_state
+from imgbatch.db.writes import count_images, create_job, delete_job_chunk, insert_images, mark_scanned
+from imgbatch.producer.scan import listing, resolve_sources
+from imgbatch.worker.app import check_redis
 
 DEFAULT_SCAN_CHUNK = 2000
 T = TypeVar("T")

@@ -12,12 +12,12 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from db.engine import session_factory
-from db.models import JobState
-from db.reads import job_counts, job_state
 from imgbatch.core.settings import Settings
 from imgbatch.core.urls import redact_url
-from worker.ledger import Ledger
+from imgbatch.db.engine import session_factory
+from imgbatch.db.models import JobState
+from imgbatch.db.reads import job_counts, job_state
+from imgbatch.worker.ledger import Ledger
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from db.engine import make_engine, session_factory
-from db.reads import find_job, job_summary
 from imgbatch.core.samples import make_variants
-from producer.local_redis import local_redis
-from producer.scan import IMAGE_EXTENSIONS
+from imgbatch.db.engine import make_engine, session_factory
+from imgbatch.db.reads import find_job, job_summary
+from imgbatch.producer.local_redis import local_redis
+from imgbatch.producer.scan import IMAGE_EXTENSIONS
 
 BUCKET = "bench"
 # Throwaway credentials of the local server; the workers find them the standard way (AWS_* variables).

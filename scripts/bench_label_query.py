@@ -17,8 +17,8 @@ import uuid
 import psycopg
 from sqlalchemy import text
 
-from db.engine import ensure_schema, make_engine, session_factory
-from db.reads import ResultFilter, iter_results
+from imgbatch.db.engine import ensure_schema, make_engine, session_factory
+from imgbatch.db.reads import ResultFilter, iter_results
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 INSERT_JOB = (

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from db.engine import ensure_schema, make_engine
+from imgbatch.db.engine import ensure_schema, make_engine
 
 JOB = "bench-parquet"
 SHA = "3f2a" * 16

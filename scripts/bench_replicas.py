@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from db.engine import make_engine, session_factory
-from db.reads import find_job, job_summary
 from imgbatch.core.cpus import usable_cpus
-from producer.local_redis import local_redis
-from producer.scan import IMAGE_EXTENSIONS
+from imgbatch.db.engine import make_engine, session_factory
+from imgbatch.db.reads import find_job, job_summary
+from imgbatch.producer.local_redis import local_redis
+from imgbatch.producer.scan import IMAGE_EXTENSIONS
 
 
 def run_job(env: dict[str, str], job_dir: Path, replicas: int, log_dir: Path) -> tuple[float, int]:

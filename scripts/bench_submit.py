@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from imgbatch.core.samples import load_photo  # noqa: E402
-from producer.local_redis import local_redis  # noqa: E402
+from imgbatch.producer.local_redis import local_redis  # noqa: E402
 
 # ext4 allows 65,000 links to one inode: a copy of the JPEG for every 50,000 names.
 LINKS_PER_COPY = 50_000

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy
+.venv/bin/python scripts/typecheck.py
 # The report test opens a real report in headless Chromium: Debian's chromium and chromium-driver.
 { command -v chromium && command -v chromedriver; } >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 # The stuck-mount fault tests mount a FUSE file system (fusepy, a dev extra) through Debian's libfuse2.

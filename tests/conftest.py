@@ -51,7 +51,7 @@ def redis_url() -> Iterator[str]:
         client.flushdb()
         return
     # No Redis reachable (or every index busy): a private server, never a silent skip.
-    from producer.local_redis import local_redis
+    from imgbatch.producer.local_redis import local_redis
 
     with local_redis() as url:
         yield url
@@ -119,7 +119,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     configured = os.environ.get("IMGBATCH_TEST_MODEL")
     if configured:
         return Path(configured)
-    from export.build import ExportOptions, build_model
+    from imgbatch.export.build import ExportOptions, build_model
 
     path = tmp_path_factory.mktemp("model") / "efficientnet_lite0.int8.onnx"
     return build_model(path, options=ExportOptions(eval_count=64, benchmark=False)).path

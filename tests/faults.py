@@ -15,9 +15,9 @@ from pathlib import Path
 import redis
 from sqlalchemy import func, select
 
-from db.engine import make_engine, session_factory
-from db.models import Image, ImageStatus, Result
-from producer.local_redis import free_port, start_redis_server
+from imgbatch.db.engine import make_engine, session_factory
+from imgbatch.db.models import Image, ImageStatus, Result
+from imgbatch.producer.local_redis import free_port, start_redis_server
 
 
 class RestartableRedis:
@@ -183,7 +183,7 @@ class JobCounter:
 
 # ---------------------------------------------------------------------------- jobs with nobody waiting
 def job_state(counter: JobCounter, job_id: str) -> str | None:
-    from db.models import Job
+    from imgbatch.db.models import Job
 
     with counter.sessions() as s:
         state = s.scalar(select(Job.state).where(Job.id == job_id))

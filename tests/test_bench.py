@@ -117,7 +117,7 @@ def test_bench_small_set_is_well_formed(tmp_path: Path, model_path: Path) -> Non
 
 def test_classifier_runs_big_messages_in_small_inference_batches(model_path: Path, photo_dir: Path) -> None:
     """A task message may carry more paths than one onnxruntime call takes; results keep their order."""
-    from worker.classify import Classifier
+    from imgbatch.worker.classify import Classifier
 
     paths = [str(p) for p in sorted(photo_dir.glob("*.jpg"))]
     missing = str(photo_dir / "gone.jpg")

@@ -23,9 +23,9 @@ import redis
 from sqlalchemy import select
 
 from conftest import assert_one_line_error, imgbatch_env, run_cli
-from db.models import Image, Job, Result
 from faults import JobCounter
 from imgbatch.core.names import decode_path
+from imgbatch.db.models import Image, Job, Result
 from s3server import SECRET_KEY, MotoServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -202,7 +202,7 @@ def test_listing_is_paged_and_chunked(
 
 def _send(env: dict[str, str], job_id: str, items: list[list[Any]]) -> None:
     code = f"""
-from worker.app import TASK_CLASSIFY, create_app
+from imgbatch.worker.app import TASK_CLASSIFY, create_app
 from imgbatch.core.settings import Settings
 settings = Settings()
 app = create_app(settings)
@@ -216,8 +216,8 @@ app.send_task(TASK_CLASSIFY, kwargs={{"job_id": {job_id!r}, "items": {items!r}, 
 def test_objects_outside_the_prefix_are_refused(
     photo_dir: Path, service_env: dict[str, str], s3_server: MotoServer, start_worker: Any, db_url: str
 ) -> None:
-    from db.engine import session_factory
-    from db.writes import insert_images
+    from imgbatch.db.engine import session_factory
+    from imgbatch.db.writes import insert_images
 
     bucket = _bucket()
     cat = (photo_dir / "cat.jpg").read_bytes()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error, imgbatch_env, run_cli
-from producer.local_redis import free_port
+from imgbatch.producer.local_redis import free_port
 
 
 def _onnx_without_metadata(path: Path) -> Path:

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from db.engine import ensure_schema, make_engine, session_factory
-from db.models import Image, JobState, Result
-from db.reads import NotFound, find_job, iter_image_batches, job_counts
-from db.writes import add_images, create_job, finish_job_if_complete, mark_scanned, save_results
+from imgbatch.db.engine import ensure_schema, make_engine, session_factory
+from imgbatch.db.models import Image, JobState, Result
+from imgbatch.db.reads import NotFound, find_job, iter_image_batches, job_counts
+from imgbatch.db.writes import add_images, create_job, finish_job_if_complete, mark_scanned, save_results
 
 
 def _row(job_id: str, image_id: int, status: str = "ok") -> dict:

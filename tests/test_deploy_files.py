@@ -376,14 +376,9 @@ def _pip_installs(stage: Stage) -> list[str]:
 
 
 def _package_dirs() -> set[str]:
-    """The top-level packages pyproject.toml installs: every one must be in the image."""
+    """The folders pyproject.toml installs (as imgbatch.*): every one must be in the image."""
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["packages"]["find"]["include"]
-    return {
-        path.parent.name
-        for path in REPO.glob("*/__init__.py")
-        if any(fnmatch.fnmatch(path.parent.name, p) for p in patterns)
-    }
+    return set(config["tool"]["setuptools"]["package-dir"].values())
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:

@@ -11,10 +11,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from conftest import imgbatch_env, run_cli
-from db.engine import make_engine, session_factory
-from db.models import Result
 from faults import descendants
 from imgbatch.core.samples import make_variants
+from imgbatch.db.engine import make_engine, session_factory
+from imgbatch.db.models import Result
 
 
 def _alive(pid: int) -> bool:
@@ -99,7 +99,7 @@ def test_workers_decode_as_the_run_says(tmp_path: Path, model_path: Path) -> Non
     from PIL import Image
 
     from imgbatch.core.samples import load_photo
-    from worker.classify import Classifier
+    from imgbatch.worker.classify import Classifier
 
     photos = tmp_path / "big"
     photos.mkdir()

@@ -15,9 +15,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from conftest import run_cli
-from db.engine import make_engine, session_factory
-from db.models import Image, Result
 from imgbatch.core.samples import EXPECTED_CLASSES
+from imgbatch.db.engine import make_engine, session_factory
+from imgbatch.db.models import Image, Result
 
 BROKEN = {
     "empty.jpg": (b"", "empty file"),

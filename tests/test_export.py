@@ -13,17 +13,17 @@ import torch
 
 pytest.importorskip("onnxruntime.quantization")
 
-from export import build as build_mod  # noqa: E402
-from export.build import BuildReport, ExportOptions, build_model, quant_json_path  # noqa: E402
-from export.efficientnet_lite import checkpoint_path, load_pretrained  # noqa: E402
-from export.metadata import KEY_SOURCE_SHA256, graph_sha256  # noqa: E402
-from export.onnx_export import ParityError, check_parity  # noqa: E402
-from export.quantize import QuantConfig, QuantConfigError, get_preset  # noqa: E402
-from export.sources import file_sha256  # noqa: E402
 from imgbatch.core.errors import UserError  # noqa: E402
 from imgbatch.core.modelfile import open_session  # noqa: E402
 from imgbatch.core.preprocess import PreprocessSpec, load_tensor  # noqa: E402
 from imgbatch.core.samples import EXPECTED_CLASSES, write_photos  # noqa: E402
+from imgbatch.export import build as build_mod  # noqa: E402
+from imgbatch.export.build import BuildReport, ExportOptions, build_model, quant_json_path  # noqa: E402
+from imgbatch.export.efficientnet_lite import checkpoint_path, load_pretrained  # noqa: E402
+from imgbatch.export.metadata import KEY_SOURCE_SHA256, graph_sha256  # noqa: E402
+from imgbatch.export.onnx_export import ParityError, check_parity  # noqa: E402
+from imgbatch.export.quantize import QuantConfig, QuantConfigError, get_preset  # noqa: E402
+from imgbatch.export.sources import file_sha256  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +152,9 @@ def test_fp32_nodes_of_a_recipe_stay_fp32_in_the_session(
     per-tensor INT8 conv ORT's WeightBiasQuantization transformer would silently turn it into."""
     from collections import Counter
 
-    from export.quantize import quantizable_nodes, quantize_int8
     from imgbatch.core.modelfile import inference_session
     from imgbatch.core.samples import make_variants
+    from imgbatch.export.quantize import quantizable_nodes, quantize_int8
 
     _, fp32 = built
     convs = [name for name, op in quantizable_nodes(fp32) if op == "Conv"]
@@ -173,9 +173,9 @@ def test_default_recipe_runs_efficientnets_first_block_in_fp32(
     those, in the graph ORT runs; other architectures and TorchScript/.pt2 files get the general one."""
     from collections import Counter
 
-    from export.quantize import DEFAULT_PRESET, quantizable_nodes, resolve_keep_fp32
-    from export.sources import default_preset
     from imgbatch.core.modelfile import inference_session
+    from imgbatch.export.quantize import DEFAULT_PRESET, quantizable_nodes, resolve_keep_fp32
+    from imgbatch.export.sources import default_preset
 
     report, fp32 = built
     nodes = quantizable_nodes(fp32)
@@ -193,9 +193,9 @@ def test_saturation_safe_model_computes_the_same_on_fast_and_exact_kernels(
 ) -> None:
     """The default model gives ORT's fast u8s8 kernels nothing to saturate: the same logits as its exact
     kernels. The same recipe without saturation-safe scales does differ on an x86 CPU without VNNI."""
-    from export.quantize import quantize_int8
     from imgbatch.core.cpus import int8_pairs_saturate
     from imgbatch.core.samples import make_variants
+    from imgbatch.export.quantize import quantize_int8
 
     report, fp32 = built
     x = np.stack([load_tensor(p, PreprocessSpec()) for p in photos.values()])
@@ -213,7 +213,7 @@ def test_saturation_safe_model_computes_the_same_on_fast_and_exact_kernels(
 def test_weight_ranges_bound_every_same_sign_pair(built: tuple[BuildReport, Path]) -> None:
     from onnx import numpy_helper
 
-    from export.saturation import weight_ranges
+    from imgbatch.export.saturation import weight_ranges
 
     _, fp32 = built
     model = onnx.load(str(fp32))
@@ -276,8 +276,8 @@ def test_shipped_int8_codes_cannot_saturate(built: tuple[BuildReport, Path]) -> 
 def test_gptq_rounding_lowers_output_error_on_unseen_inputs() -> None:
     """On a layer whose inputs co-vary, GPTQ's codes give a smaller output error than nearest rounding
     on inputs it did not see, and keep the pair limit of saturation-safe scales."""
-    from export.rounding import PAIR_LIMIT, _gptq
-    from export.saturation import _pair_bound
+    from imgbatch.export.rounding import PAIR_LIMIT, _gptq
+    from imgbatch.export.saturation import _pair_bound
 
     rng = np.random.default_rng(0)
     mix = rng.normal(size=(64, 64))
@@ -334,10 +334,10 @@ def test_measured_bias_correction_brings_layer_means_to_fp32(
     on photos it measured and on photos it did not; only the int32 bias initializers change."""
     from onnx import numpy_helper
 
-    from export.measured_bias import _layers, _stats, correct_biases
-    from export.onnx_export import load_batch
-    from export.quantize import prepare, quantize_int8
     from imgbatch.core.samples import make_variants
+    from imgbatch.export.measured_bias import _layers, _stats, correct_biases
+    from imgbatch.export.onnx_export import load_batch
+    from imgbatch.export.quantize import prepare, quantize_int8
 
     _, fp32 = built
     spec = PreprocessSpec()
@@ -380,9 +380,9 @@ def test_error_sources_split_the_int8_error_into_weights_and_activations(
 
     from onnx import numpy_helper
 
-    from export import error_sources as errs
-    from export.onnx_export import load_batch
-    from export.quantize import prepare, quantizable_nodes
+    from imgbatch.export import error_sources as errs
+    from imgbatch.export.onnx_export import load_batch
+    from imgbatch.export.quantize import prepare, quantizable_nodes
 
     report, fp32 = built
     assert "INT8 weights alone" in (report.report.error_sources or "")

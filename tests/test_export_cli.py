@@ -14,9 +14,9 @@ from torch import nn
 
 pytest.importorskip("onnxruntime.quantization")
 
-from export.resnet import ResNet50  # noqa: E402
 from imgbatch.core.modelfile import open_session  # noqa: E402
 from imgbatch.core.samples import make_variants  # noqa: E402
+from imgbatch.export.resnet import ResNet50  # noqa: E402
 
 FAST = ["--calib-count", "8", "--eval-count", "8"]
 

@@ -196,7 +196,7 @@ def test_producer_killed_mid_scan_then_rerun(
         counter.wait_for_results(20)  # workers start on the first chunks while the scan goes on
         from sqlalchemy import select
 
-        from db.models import Job
+        from imgbatch.db.models import Job
 
         with counter.sessions() as s:
             job_id = s.scalar(select(Job.id))

@@ -11,8 +11,8 @@ import redis
 from sqlalchemy import func, select
 
 from conftest import run_cli
-from db.models import Image, Job, Result
 from faults import JobCounter, job_state, wait_done
+from imgbatch.db.models import Image, Job, Result
 
 
 def _submit(env: dict[str, str], *args: str) -> str:

@@ -12,10 +12,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
 from conftest import imgbatch_env, run_cli
-from db.engine import make_engine, session_factory
-from db.migrate import current, head, upgrade
-from db.models import Base, Image, ImageStatus, JobState
-from db.reads import find_job, job_counts
+from imgbatch.db.engine import make_engine, session_factory
+from imgbatch.db.migrate import current, head, upgrade
+from imgbatch.db.models import Base, Image, ImageStatus, JobState
+from imgbatch.db.reads import find_job, job_counts
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -51,7 +51,7 @@ def test_a_database_of_the_first_schema_upgrades_and_keeps_its_rows(db_url: str,
     migrated by `imgbatch db upgrade`: same rows, the one spelling 'ok'."""
     from alembic import command
 
-    from db.migrate import alembic_config
+    from imgbatch.db.migrate import alembic_config
 
     engine = make_engine(db_url)
     with engine.begin() as conn:
@@ -90,8 +90,8 @@ def test_a_database_of_revision_0002_upgrades_its_paths_to_the_lossless_encoding
     name with a literal backslash become the injective `ls -b` text; raw_path goes; rows are kept."""
     from alembic import command
 
-    from db.migrate import alembic_config
     from imgbatch.core.names import decode_path
+    from imgbatch.db.migrate import alembic_config
 
     engine = make_engine(db_url)
     with engine.begin() as conn:

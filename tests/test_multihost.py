@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import select
 
 from conftest import PG_ADMIN_URL, _postgres_reachable, fresh_postgres_database, imgbatch_env, run_cli
-from db.models import Image, Result
 from faults import JobCounter
+from imgbatch.db.models import Image, Result
 from netns import Host, TcpRelay, hosts, netns_unavailable
 from s3server import MotoServer
 

@@ -24,7 +24,7 @@ def test_worker_and_producer_import_and_classify_without_torch(model_path: Path,
         + f"""
 import worker.tasks, worker.main, worker.batch, producer.submit, producer.embedded, producer.scan
 import db.reads, db.writes, imgbatch.cli.app
-from worker.classify import Classifier
+from imgbatch.worker.classify import Classifier
 clf = Classifier.load({str(model_path)!r}, 1)
 pred = clf.classify([{str(photo_dir / "cat.jpg")!r}])[0]
 assert pred.top is not None, pred.error

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import select
 
 from conftest import imgbatch_env, run_cli
-from db.models import Image, Result
 from faults import HangMount, JobCounter, RestartableRedis, record_fault, wait_done
 from imgbatch.core.samples import make_variants
+from imgbatch.db.models import Image, Result
 
 pytestmark = pytest.mark.slow
 MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
@@ -173,7 +173,7 @@ def test_the_same_batch_processed_at_once_by_two_workers(
     with counter.sessions() as s:
         items = [[i, p] for i, p in s.execute(select(Image.id, Image.path).where(Image.job_id == job_id))]
     from imgbatch.core.settings import Settings
-    from worker.app import TASK_CLASSIFY, create_app
+    from imgbatch.worker.app import TASK_CLASSIFY, create_app
 
     app = create_app(Settings(redis_url=broker.url, queue_name=env.get("IMGBATCH_QUEUE_NAME", "imgbatch")))
     for _ in range(2):  # one batch of all 64 images, delivered twice

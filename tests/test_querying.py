@@ -13,9 +13,9 @@ from pathlib import Path
 from sqlalchemy import text
 
 from conftest import assert_one_line_error, imgbatch_env, run_cli
-from db.engine import ensure_schema, make_engine, session_factory
-from db.reads import ResultFilter, iter_image_batches, results_query
-from db.writes import add_images, create_job, finish_job_if_complete, mark_scanned, save_results
+from imgbatch.db.engine import ensure_schema, make_engine, session_factory
+from imgbatch.db.reads import ResultFilter, iter_image_batches, results_query
+from imgbatch.db.writes import add_images, create_job, finish_job_if_complete, mark_scanned, save_results
 
 LABELS = ["tabby", "espresso", "missile", "moped"]
 

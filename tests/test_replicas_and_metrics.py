@@ -14,7 +14,7 @@ import pytest
 
 from conftest import run_cli
 from imgbatch.core.samples import make_variants
-from producer.local_redis import free_port
+from imgbatch.producer.local_redis import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def test_metrics_scrape_and_task_events(
     start_worker(env, concurrency=2)
 
     from imgbatch.core.settings import Settings
-    from worker.app import create_app
+    from imgbatch.worker.app import create_app
 
     app = create_app(Settings(redis_url=env["IMGBATCH_REDIS_URL"]))
 

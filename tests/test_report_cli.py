@@ -15,10 +15,10 @@ from PIL import Image
 from sqlalchemy import select
 
 from conftest import assert_one_line_error, imgbatch_env, run_cli
-from db.engine import ensure_schema, make_engine, session_factory
-from db.models import Image as ImageRow
-from db.writes import add_images, create_job, save_results
 from imgbatch.core.preprocess import PreprocessSpec, open_image
+from imgbatch.db.engine import ensure_schema, make_engine, session_factory
+from imgbatch.db.models import Image as ImageRow
+from imgbatch.db.writes import add_images, create_job, save_results
 from imgbatch.report.build import ReportOptions, build_report
 from imgbatch.report.thumbs import make_thumb
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from db import reads as stats
-from db.engine import ensure_schema, make_engine, session_factory
-from db.models import Result
-from db.writes import add_images, create_job, save_results
+from imgbatch.db import reads as stats
+from imgbatch.db.engine import ensure_schema, make_engine, session_factory
+from imgbatch.db.models import Result
+from imgbatch.db.writes import add_images, create_job, save_results
 
 
 def _ok(job: str, image_id: int, label: str, score: float, worker: str, **ms: float) -> dict:  # type: ignore[type-arg]
@@ -51,7 +51,7 @@ def _make_job(session, job: str, names: list[str]) -> dict[str, int]:  # type: i
     add_images(session, job, [f"/photos/{n}" for n in names])
     from sqlalchemy import select
 
-    from db.models import Image
+    from imgbatch.db.models import Image
 
     return {
         Path(p).name: i for i, p in session.execute(select(Image.id, Image.path).where(Image.job_id == job))

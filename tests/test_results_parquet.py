@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import assert_one_line_error, imgbatch_env, run_cli
-from db.engine import ensure_schema, make_engine, session_factory
-from db.reads import iter_image_batches
-from db.writes import add_images, create_job, mark_scanned, save_results
+from imgbatch.db.engine import ensure_schema, make_engine, session_factory
+from imgbatch.db.reads import iter_image_batches
+from imgbatch.db.writes import add_images, create_job, mark_scanned, save_results
 
 LABELS = ["tabby", "espresso", "missile", "moped", "daisy", "ice cream"]
 # File names that are not plain: a byte that is not UTF-8, a backslash, quotes and a comma.

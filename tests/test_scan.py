@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from imgbatch.core.errors import UserError
-from producer.scan import resolve_roots, scan
+from imgbatch.producer.scan import resolve_roots, scan
 
 
 def test_scan_is_recursive_case_insensitive_and_sorted(tmp_path: Path) -> None:

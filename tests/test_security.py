@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from conftest import imgbatch_env, run_cli
-from db.models import Image, Result
 from faults import JobCounter, RestartableRedis
+from imgbatch.db.models import Image, Result
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def test_pickle_message_is_refused_not_executed(
         service_env,
         f"""
 import os
-from worker.app import TASK_CLASSIFY, create_app
+from imgbatch.worker.app import TASK_CLASSIFY, create_app
 from imgbatch.core.settings import Settings
 class Evil:
     def __reduce__(self):
@@ -67,7 +67,7 @@ def test_crafted_messages_cannot_leave_the_job(
     _send(
         service_env,
         f"""
-from worker.app import TASK_CLASSIFY, create_app
+from imgbatch.worker.app import TASK_CLASSIFY, create_app
 from imgbatch.core.settings import Settings
 settings = Settings()
 app = create_app(settings)

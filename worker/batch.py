@@ -20,16 +20,16 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from db.models import ImageStatus
-from db.reads import job_images, job_source
-from db.writes import finish_job_if_complete, save_results, set_persist_ms
 from imgbatch.core.files import inside_roots
 from imgbatch.core.names import decode_path, open_path, shown
 from imgbatch.core.stores import inside_prefixes, is_url
-from worker.classify import Classifier, Prediction
-from worker.ledger import Entry, Marker, marker_text
-from worker.metrics import observe_batch
-from worker.runtime import JobInfo, WorkerRuntime, load_classifier
+from imgbatch.db.models import ImageStatus
+from imgbatch.db.reads import job_images, job_source
+from imgbatch.db.writes import finish_job_if_complete, save_results, set_persist_ms
+from imgbatch.worker.classify import Classifier, Prediction
+from imgbatch.worker.ledger import Entry, Marker, marker_text
+from imgbatch.worker.metrics import observe_batch
+from imgbatch.worker.runtime import JobInfo, WorkerRuntime, load_classifier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -29,11 +29,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import engine_for, session_factory
-from db.reads import ActiveJob, active_jobs, has_pending, next_image_batch
-from db.writes import finish_job_if_complete
-from worker.app import TASK_CLASSIFY, ImgbatchCelery
-from worker.ledger import Entry, InFlight, Ledger
+from imgbatch.db.engine import engine_for, session_factory
+from imgbatch.db.reads import ActiveJob, active_jobs, has_pending, next_image_batch
+from imgbatch.db.writes import finish_job_if_complete
+from imgbatch.worker.app import TASK_CLASSIFY, ImgbatchCelery
+from imgbatch.worker.ledger import Entry, InFlight, Ledger
 
 log = logging.getLogger(__name__)
 

@@ -10,16 +10,16 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from db.engine import engine_for, ensure_schema
 from imgbatch.core.cpus import usable_cpus
 from imgbatch.core.errors import ModelFileError, UserError
 from imgbatch.core.modelfile import read_model_info
 from imgbatch.core.runtimes import check_model_in_child, planned_runtime
 from imgbatch.core.settings import Settings
-from worker.app import check_redis, create_app
-from worker.dispatcher import start_dispatcher, stop_dispatchers
-from worker.runtime import ort_threads
-from worker.tasks import register_tasks
+from imgbatch.db.engine import engine_for, ensure_schema
+from imgbatch.worker.app import check_redis, create_app
+from imgbatch.worker.dispatcher import start_dispatcher, stop_dispatchers
+from imgbatch.worker.runtime import ort_threads
+from imgbatch.worker.tasks import register_tasks
 
 
 def check_model(settings: Settings) -> None:
@@ -42,7 +42,7 @@ def check_model(settings: Settings) -> None:
 
 def start_worker(settings: Settings, concurrency: int | None, loglevel: str = "INFO") -> None:
     if settings.metrics_port:
-        from worker.metrics import serve
+        from imgbatch.worker.metrics import serve
 
         serve(settings.metrics_port)  # first: it may re-execute this command (worker.metrics)
     processes = concurrency or settings.worker_concurrency or usable_cpus()

@@ -18,12 +18,12 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import engine_for, session_factory
 from imgbatch.core.cpus import usable_cpus
 from imgbatch.core.settings import Settings
-from worker.app import ImgbatchCelery
-from worker.classify import Classifier
-from worker.ledger import Ledger
+from imgbatch.db.engine import engine_for, session_factory
+from imgbatch.worker.app import ImgbatchCelery
+from imgbatch.worker.classify import Classifier
+from imgbatch.worker.ledger import Ledger
 
 
 @dataclass(frozen=True)

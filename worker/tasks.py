@@ -8,10 +8,10 @@ from typing import Any
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from worker.app import TASK_CLASSIFY, ImgbatchCelery
-from worker.batch import give_back, process_batch
-from worker.dispatcher import forget_dispatcher_after_fork
-from worker.runtime import close_runtime, init_runtime, runtime
+from imgbatch.worker.app import TASK_CLASSIFY, ImgbatchCelery
+from imgbatch.worker.batch import give_back, process_batch
+from imgbatch.worker.dispatcher import forget_dispatcher_after_fork
+from imgbatch.worker.runtime import close_runtime, init_runtime, runtime
 
 log = logging.getLogger(__name__)
 

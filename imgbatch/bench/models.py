@@ -36,7 +36,7 @@ def attach_contract(raw_fp32: Path, like: Path, output: Path) -> Path:
     try:
         import onnx
 
-        from export.metadata import graph_sha256
+        from imgbatch.export.metadata import graph_sha256
     except ImportError as exc:
         raise UserError("the FP32 model needs the export extra: pip install 'imgbatch[export]'") from exc
     info = modelfile.read_model_info(like)
@@ -70,8 +70,8 @@ def ensure_fp32_model(int8_model: Path, output: Path) -> Path:
     if output.is_file():
         return output
     try:
-        from export.onnx_export import check_parity, export_any
-        from export.sources import load_source
+        from imgbatch.export.onnx_export import check_parity, export_any
+        from imgbatch.export.sources import load_source
     except ImportError as exc:
         raise UserError(
             "no FP32 model: pass --fp32-model PATH, or install the export extra to build one"

@@ -20,12 +20,12 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from db.engine import ensure_schema, make_engine, session_factory
-from db.models import ImageStatus
-from db.reads import job_summary, result_count
 from imgbatch.bench.plan import PipelineCase
 from imgbatch.core.errors import UserError
 from imgbatch.core.settings import Settings
+from imgbatch.db.engine import ensure_schema, make_engine, session_factory
+from imgbatch.db.models import ImageStatus
+from imgbatch.db.reads import job_summary, result_count
 
 READY_TIMEOUT_S = 120
 WARMUP_IMAGES_PER_PROCESS = 16
@@ -85,7 +85,7 @@ class Bench:
 
 @contextlib.contextmanager
 def private_services(work: Path) -> Iterator[Bench]:
-    from producer.local_redis import local_redis
+    from imgbatch.producer.local_redis import local_redis
 
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
@@ -119,9 +119,9 @@ def run_pipeline(
     """Start the case's worker processes (its model, runtime, count), warm them up on a small job, then
     time a job over ``directory`` at its batch size."""
     model, label, workers, batch_size = case.model, case.label, case.workers, case.batch_size
-    from producer.embedded import worker_processes
-    from producer.submit import record_job
-    from producer.watch import Watcher
+    from imgbatch.producer.embedded import worker_processes
+    from imgbatch.producer.submit import record_job
+    from imgbatch.producer.watch import Watcher
 
     tag = f"{label}-{case.decode}-{case.runtime}-{workers}x{batch_size}-{time.time_ns()}"
     log = bench.work / "logs" / f"workers-{tag}.log"
@@ -151,8 +151,8 @@ def job_run(
     decode: str = "exact",
     runtime: str = "onnxruntime",
 ) -> PipelineRun:
-    from db.reads import stage_samples
-    from worker.classify import INFER_BATCH
+    from imgbatch.db.reads import stage_samples
+    from imgbatch.worker.classify import INFER_BATCH
 
     with session_factory(engine)() as session:
         summary = job_summary(session, job_id)
@@ -179,7 +179,7 @@ def job_run(
 
 
 def stage_table(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    from db.reads import percentile
+    from imgbatch.db.reads import percentile
 
     # The mean, besides the quantiles: decode times are skewed (a 12 MP JPEG costs 20x a web one),
     # and CPU time per image, which bounds images/s, is a mean.

@@ -29,7 +29,7 @@ class _Classify:
     decode = "exact"
 
     def __init__(self) -> None:
-        from worker.classify import Classifier
+        from imgbatch.worker.classify import Classifier
 
         # Ray Data with onnxruntime: the comparison the issue names (what a user would pick).
         self.classifier = Classifier.load(

@@ -23,7 +23,7 @@ from imgbatch.bench.parity import decoder_parity
 from imgbatch.bench.pipeline import WARMUP_IMAGES_PER_PROCESS, private_services, run_pipeline, warmup_dir
 from imgbatch.bench.plan import BenchPlan, PipelineCase, Say
 from imgbatch.core.runtimes import openvino_version
-from worker.classify import INFER_BATCH
+from imgbatch.worker.classify import INFER_BATCH
 
 
 @dataclass

@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from imgbatch.cli import bench, export, jobs, report, run
-from imgbatch.cli.db import db_app
+from imgbatch.cli import bench, export_cmd, jobs, report, run
 from imgbatch.cli.params import CONTEXT
+from imgbatch.cli.schema_cmd import db_app
 from imgbatch.core.errors import UserError
 
 app = typer.Typer(
@@ -67,7 +67,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "stats": jobs.stats,
     "compare": jobs.compare,
     "report": report.report,
-    "export": export.export_command,
+    "export": export_cmd.export_command,
     "bench": bench.bench_command,
     "samples": run.samples,
 }
@@ -85,8 +85,8 @@ def main() -> None:
     from pydantic import ValidationError
     from sqlalchemy.exc import OperationalError as DatabaseError
 
-    from db.reads import NotFound
     from imgbatch.core.names import shown
+    from imgbatch.db.reads import NotFound
 
     command = typer.main.get_command(app)
     try:

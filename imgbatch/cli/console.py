@@ -38,7 +38,7 @@ def progress_bar() -> Progress:
 
 def engine(config: Settings | None = None) -> Engine:
     """An engine on the configured database, migrated to the newest schema."""
-    from db.engine import engine_for, ensure_schema
+    from imgbatch.db.engine import engine_for, ensure_schema
 
     made = engine_for(config or settings())
     ensure_schema(made)
@@ -47,7 +47,7 @@ def engine(config: Settings | None = None) -> Engine:
 
 def sessions(config: Settings | None = None) -> sessionmaker[Session]:
     """Sessions on the configured database, for commands that commit a chunk per transaction."""
-    from db.engine import session_factory
+    from imgbatch.db.engine import session_factory
 
     return session_factory(engine(config))
 

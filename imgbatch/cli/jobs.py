@@ -20,8 +20,8 @@ from imgbatch.core.names import shown
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from db.models import Job
-    from db.reads import JobSummary, ResultFilter
+    from imgbatch.db.models import Job
+    from imgbatch.db.reads import JobSummary, ResultFilter
 
 
 class Format(StrEnum):
@@ -48,7 +48,7 @@ def status(
 
     Example: imgbatch status latest --watch
     """
-    from db.reads import find_job, job_summary
+    from imgbatch.db.reads import find_job, job_summary
 
     with session() as s:
         job_id = find_job(s, job).id
@@ -64,7 +64,7 @@ def status(
 
 
 def _watch(s: Session, job_id: str, poll_s: float = 0.5) -> None:
-    from db.reads import job_counts
+    from imgbatch.db.reads import job_counts
 
     with progress_bar() as bar:
         task = bar.add_task(f"job {job_id[:8]}", total=None)
@@ -89,7 +89,7 @@ def jobs(
 
     Example: imgbatch jobs -n 5
     """
-    from db.reads import list_jobs
+    from imgbatch.db.reads import list_jobs
 
     with session() as s:
         summaries = list_jobs(s, limit)
@@ -192,9 +192,9 @@ def results(
     Example: imgbatch results latest --label "tiger cat" --format csv
     Example: imgbatch results latest -o s3://bucket/results/latest.parquet
     """
-    from db.models import ImageStatus
-    from db.reads import ResultFilter, find_job
     from imgbatch.core.outputs import STDOUT, check_writable
+    from imgbatch.db.models import ImageStatus
+    from imgbatch.db.reads import ResultFilter, find_job
 
     target = output if output is not None and output != STDOUT else None
     if fmt is None:
@@ -296,9 +296,9 @@ def _model_labels(s: Session, job: Job) -> list[str]:
     """The job model's class names from its file, or else every label the job's results carry."""
     from pathlib import Path
 
-    from db.reads import label_histogram
     from imgbatch.core.errors import ModelFileError
     from imgbatch.core.modelfile import read_model_info
+    from imgbatch.db.reads import label_histogram
 
     try:
         return read_model_info(Path(job.model_path)).labels
@@ -313,8 +313,8 @@ def stats(job: JobArg = "latest", as_json: JsonFlag = False) -> None:
 
     Example: imgbatch stats latest --json
     """
-    from db.reads import find_job
     from imgbatch.cli.stats_out import job_stats, print_stats
+    from imgbatch.db.reads import find_job
 
     with session() as s:
         data = job_stats(s, find_job(s, job).id)
@@ -340,7 +340,7 @@ def compare(
 
     Example: imgbatch compare 3f2a 9c41 -n 20
     """
-    from db.reads import changed_label_count, changed_labels, common_image_count, find_job
+    from imgbatch.db.reads import changed_label_count, changed_labels, common_image_count, find_job
 
     with session() as s:
         a, b = find_job(s, job_a).id, find_job(s, job_b).id

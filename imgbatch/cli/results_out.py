@@ -13,10 +13,10 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.orm import Session
 
-from db.models import ImageStatus
-from db.reads import ResultFilter, iter_results
 from imgbatch.cli.console import console
 from imgbatch.core.names import shown
+from imgbatch.db.models import ImageStatus
+from imgbatch.db.reads import ResultFilter, iter_results
 
 FIELDS = [
     "path",

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
-from db.models import ImageStatus
-from db.reads import EXPORT_COLUMNS, ResultFilter, result_pages
+from imgbatch.db.models import ImageStatus
+from imgbatch.db.reads import EXPORT_COLUMNS, ResultFilter, result_pages
 
 # Rows per database page: the Python objects held at once (a few KB a row with its parsed top-5).
 PAGE_ROWS = 5_000

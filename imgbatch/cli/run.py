@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from imgbatch.core.settings import Settings
-    from producer.submit import Submitted
-    from worker.ledger import Ledger
+    from imgbatch.producer.submit import Submitted
+    from imgbatch.worker.ledger import Ledger
 
 # More images than this and `run` prints a summary only, not every row.
 PRINT_ROWS_UP_TO = 50
@@ -54,7 +54,7 @@ def run(
     Example: imgbatch run ~/photos --workers 2;  imgbatch run s3://bucket/photos/
     """
     from imgbatch.core.cpus import usable_cpus
-    from producer.embedded import run as run_embedded
+    from imgbatch.producer.embedded import run as run_embedded
 
     config = with_choices(settings(), runtime, decode)
     dirs: list[str | Path] = list(directories or []) or [_sample_dir(config)]
@@ -156,8 +156,8 @@ def submit(
 
     Example: imgbatch submit /data/photos --wait;  imgbatch submit s3://bucket/photos/
     """
-    from db.engine import engine_for
-    from producer.submit import record_job
+    from imgbatch.db.engine import engine_for
+    from imgbatch.producer.submit import record_job
 
     config = settings()
     broker_url = _require_redis(config, "submit")
@@ -186,10 +186,10 @@ def resume(job: JobArg = "latest", wait: WaitFlag = False) -> None:
 
     Example: imgbatch resume latest --wait
     """
-    from db.engine import session_factory
-    from db.reads import find_job, job_counts
     from imgbatch.cli.console import engine
-    from worker.app import check_redis
+    from imgbatch.db.engine import session_factory
+    from imgbatch.db.reads import find_job, job_counts
+    from imgbatch.worker.app import check_redis
 
     config = settings()
     broker_url = _require_redis(config, "resume")
@@ -229,7 +229,7 @@ def delete(job: JobArg) -> None:
 
     Example: imgbatch delete 3f2a
     """
-    from db.writes import delete_job_chunk
+    from imgbatch.db.writes import delete_job_chunk
 
     config = settings()
     made = sessions(config)
@@ -261,11 +261,11 @@ def retry(
 
     Example: imgbatch retry latest --reason "transient failure"
     """
-    from db.engine import session_factory
-    from db.models import JobState
-    from db.reads import error_image_ids, find_job, job_counts
-    from db.writes import retry_chunk
     from imgbatch.cli.console import engine
+    from imgbatch.db.engine import session_factory
+    from imgbatch.db.models import JobState
+    from imgbatch.db.reads import error_image_ids, find_job, job_counts
+    from imgbatch.db.writes import retry_chunk
 
     config = settings()
     broker_url = _require_redis(config, "retry")
@@ -299,8 +299,8 @@ def retry(
 
 def _cancel(config: Settings, job: str) -> tuple[str, bool]:
     """(job id, whether it was cancelled now): its pending images are no longer sent."""
-    from db.reads import find_job
-    from db.writes import cancel_job
+    from imgbatch.db.reads import find_job
+    from imgbatch.db.writes import cancel_job
 
     made = sessions(config)
     with made() as s:
@@ -313,7 +313,7 @@ def _cancel(config: Settings, job: str) -> tuple[str, bool]:
 
 
 def _ledger(config: Settings, broker_url: str) -> Ledger:
-    from worker.ledger import Ledger
+    from imgbatch.worker.ledger import Ledger
 
     return Ledger.from_url(broker_url, config.queue_name)
 
@@ -339,7 +339,7 @@ def _require_redis(config: Settings, command: str) -> str:
 
 
 def _watch(config: Settings, engine: Engine, broker_url: str, job_id: str, finished: int) -> None:
-    from producer.watch import Watcher
+    from imgbatch.producer.watch import Watcher
 
     start = time.monotonic()
     with progress_bar() as bar:
@@ -372,7 +372,7 @@ def worker(
 
     Example: IMGBATCH_REDIS_URL=redis://queue:6379/0 imgbatch worker -c 4
     """
-    from worker.main import start_worker
+    from imgbatch.worker.main import start_worker
 
     start_worker(with_choices(settings(), runtime, decode), concurrency, loglevel)
 
@@ -402,8 +402,8 @@ def samples(
 
 def print_summary(job_id: str, seconds: float, since_finished: int = 0, show_rows: bool = True) -> None:
     """The job's counts and top labels; the rate is of the images finished in these `seconds`."""
-    from db.reads import find_job, job_counts, label_histogram
     from imgbatch.cli.results_out import print_table, result_dicts
+    from imgbatch.db.reads import find_job, job_counts, label_histogram
 
     with session() as s:
         counts = job_counts(s, job_id)

@@ -10,8 +10,9 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.orm import Session
 
-from db.models import ImageStatus
-from db.reads import (
+from imgbatch.core.names import shown
+from imgbatch.db.models import ImageStatus
+from imgbatch.db.reads import (
     STAGES,
     error_groups,
     job_summary,
@@ -20,7 +21,6 @@ from db.reads import (
     stage_samples,
     throughput_by_worker,
 )
-from imgbatch.core.names import shown
 
 QUANTILES = (50, 95, 99)
 

@@ -13,10 +13,10 @@ from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from db import reads as stats
 from imgbatch.core import outputs
 from imgbatch.core.errors import UserError
 from imgbatch.core.names import decode_path, shown
+from imgbatch.db import reads as stats
 from imgbatch.report import charts
 from imgbatch.report.template import REPORT_TEMPLATE
 from imgbatch.report.thumbs import THUMB_SIDE, make_thumbs

@@ -21,9 +21,9 @@ def upgrade() -> None:
 
     Example: IMGBATCH_DATABASE_URL=postgresql://imgbatch@db/imgbatch imgbatch db upgrade
     """
-    from db.engine import database_error, make_engine
-    from db.migrate import head
-    from db.migrate import upgrade as run_upgrade
+    from imgbatch.db.engine import database_error, make_engine
+    from imgbatch.db.migrate import head
+    from imgbatch.db.migrate import upgrade as run_upgrade
 
     engine = make_engine(settings().db_url)
     where = engine.url.render_as_string(hide_password=True)
@@ -40,9 +40,9 @@ def current() -> None:
 
     Example: imgbatch db current
     """
-    from db.engine import make_engine
-    from db.migrate import current as current_revision
-    from db.migrate import head
+    from imgbatch.db.engine import make_engine
+    from imgbatch.db.migrate import current as current_revision
+    from imgbatch.db.migrate import head
 
     engine = make_engine(settings().db_url)
     with engine.connect() as conn:

@@ -1,7 +1,7 @@
 """Real photos, made offline: demo input, calibration, evaluation and test sets.
 
 Nothing is downloaded. Two sources: the photos scikit-image ships in its wheel (cat, coffee, ...; the
-demo and test sets), and 32 everyday photos kept in ``imgbatch/core/photos`` (their origin and licences
+demo and test sets), and 32 everyday photos kept in ``core/photos`` (their origin and licences
 in ``photos/SOURCES.md``), which give calibration and evaluation a spread of ImageNet subjects.
 Variants are crops, flips, rescales and JPEG re-encodings of the originals, so they stay natural photos.
 """

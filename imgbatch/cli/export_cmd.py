@@ -13,9 +13,9 @@ from imgbatch.cli.params import RuntimeOpt
 from imgbatch.core.errors import UserError
 
 if TYPE_CHECKING:
-    from export.build import ExportOptions
-    from export.quantize import QuantConfig
-    from export.report import Thresholds
+    from imgbatch.export.build import ExportOptions
+    from imgbatch.export.quantize import QuantConfig
+    from imgbatch.export.report import Thresholds
 
 console = Console()
 
@@ -144,8 +144,8 @@ def export_command(
         console.print(f"model already built: {target}")
         return
     try:
-        from export.build import ExportOptions, export_model
-        from export.export_report import ReportedFailure
+        from imgbatch.export.build import ExportOptions, export_model
+        from imgbatch.export.export_report import ReportedFailure
     except ImportError as exc:
         raise UserError(
             f"export needs the export extra (torch, onnx): pip install 'imgbatch[export]' ({exc})"
@@ -176,7 +176,7 @@ def export_command(
 def _thresholds(
     min_agreement: float | None, max_top1_drop: float, min_speedup: float, auto: bool
 ) -> Thresholds:
-    from export.report import Thresholds
+    from imgbatch.export.report import Thresholds
 
     for name, value in (("--min-agreement", min_agreement), ("--max-top1-drop", max_top1_drop)):
         if value is not None and not 0.0 <= value <= 1.0:
@@ -191,8 +191,8 @@ def _recipe(
 ) -> QuantConfig:
     """The named preset, else the architecture's own (export.sources.Arch.preset), with the options'
     calibration count and FP32 nodes."""
-    from export.build import default_config
-    from export.quantize import get_preset
+    from imgbatch.export.build import default_config
+    from imgbatch.export.quantize import get_preset
 
     config = get_preset(preset) if preset else default_config(options)
     config = config.replace(calib_count=calib_count)
