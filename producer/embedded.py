@@ -15,13 +15,13 @@ from pathlib import Path
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
 from imgbatch.core.runtimes import require_runtime
+from imgbatch.core.services import check_redis
 from imgbatch.core.settings import Settings
 from imgbatch.db.engine import engine_for, ensure_schema
 from imgbatch.producer.local_redis import local_redis
 from imgbatch.producer.scan import resolve_sources
 from imgbatch.producer.submit import Submitted, record_job
 from imgbatch.producer.watch import Notice, Watcher
-from imgbatch.worker.app import check_redis
 
 WORKER_STOP_TIMEOUT_S = 30
 

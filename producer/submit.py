@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
+from imgbatch.core.services import check_redis
 from imgbatch.db.engine import ensure_schema, session_factory
 from imgbatch.db.models import JobState
 from imgbatch.db.reads import find_unfinished_job, job_counts, job_state
 from imgbatch.db.writes import count_images, create_job, delete_job_chunk, insert_images, mark_scanned
 from imgbatch.producer.scan import listing, resolve_sources
-from imgbatch.worker.app import check_redis
 
 DEFAULT_SCAN_CHUNK = 2000
 T = TypeVar("T")

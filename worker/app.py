@@ -7,12 +7,10 @@ dies; persistence is idempotent, so a redelivered batch writes nothing twice.
 
 from __future__ import annotations
 
-import redis
 from celery import Celery
 
-from imgbatch.core.errors import UserError
 from imgbatch.core.settings import Settings
-from imgbatch.core.urls import check_redis_url, redact_url
+from imgbatch.core.urls import check_redis_url
 
 TASK_CLASSIFY = "imgbatch.classify_batch"
 # Longer than any batch can take: Redis redelivers an unacknowledged message after this long.
@@ -61,12 +59,3 @@ def create_app(settings: Settings, broker_url: str | None = None) -> ImgbatchCel
         broker_pool_limit=4,
     )
     return app
-
-
-def check_redis(url: str) -> None:
-    """Fail fast with one line if the broker is unreachable, before anything is recorded."""
-    url = check_redis_url(url)
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
-    except (redis.exceptions.RedisError, OSError, ValueError) as exc:
-        raise UserError(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc

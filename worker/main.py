@@ -14,9 +14,10 @@ from imgbatch.core.cpus import usable_cpus
 from imgbatch.core.errors import ModelFileError, UserError
 from imgbatch.core.modelfile import read_model_info
 from imgbatch.core.runtimes import check_model_in_child, planned_runtime
+from imgbatch.core.services import check_redis
 from imgbatch.core.settings import Settings
 from imgbatch.db.engine import engine_for, ensure_schema
-from imgbatch.worker.app import check_redis, create_app
+from imgbatch.worker.app import create_app
 from imgbatch.worker.dispatcher import start_dispatcher, stop_dispatchers
 from imgbatch.worker.runtime import ort_threads
 from imgbatch.worker.tasks import register_tasks

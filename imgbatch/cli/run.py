@@ -187,9 +187,9 @@ def resume(job: JobArg = "latest", wait: WaitFlag = False) -> None:
     Example: imgbatch resume latest --wait
     """
     from imgbatch.cli.console import engine
+    from imgbatch.core.services import check_redis
     from imgbatch.db.engine import session_factory
     from imgbatch.db.reads import find_job, job_counts
-    from imgbatch.worker.app import check_redis
 
     config = settings()
     broker_url = _require_redis(config, "resume")
