@@ -1,4 +1,4 @@
-"""``python -m export OUTPUT``: build the default INT8 model file and print one summary line."""
+"""``python -m imgbatch.export OUTPUT``: build the default INT8 model file and print one summary line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from imgbatch.core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m imgbatch.export", description=__doc__)
     parser.add_argument("output", type=Path, help="model file to write, e.g. efficientnet_lite0.int8.onnx")
     parser.add_argument("--calib-count", type=int, default=100, help="calibration photos (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration photo variants")
