@@ -137,7 +137,8 @@ def _filesystem(url: str, what: str) -> tuple[Any, str]:
             "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, an instance role)"
         )
     try:
-        return url_to_fs(url)
+        fs, path = url_to_fs(url)
+        return fs, str(path)
     except ImportError as exc:
         raise UserError(f"cannot write {what} to {shown_target(url)}: {exc}") from exc
     except ValueError as exc:  # an unknown protocol

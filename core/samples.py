@@ -28,7 +28,7 @@ def _photos() -> dict[str, Callable[[], np.ndarray]]:
         "coffee": data.coffee,
         "astronaut": data.astronaut,
         "rocket": data.rocket,
-        "motorcycle": lambda: data.stereo_motorcycle()[0],
+        "motorcycle": lambda: data.stereo_motorcycle()[0],  # type: ignore[no-untyped-call]
         "hubble": data.hubble_deep_field,
         "cells": data.immunohistochemistry,
         "retina": data.retina,

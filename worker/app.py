@@ -17,7 +17,7 @@ TASK_CLASSIFY = "imgbatch.classify_batch"
 VISIBILITY_TIMEOUT_S = 3600
 
 
-class ImgbatchCelery(Celery):
+class ImgbatchCelery(Celery):  # type: ignore[misc]  # celery ships no type hints
     """A Celery app that carries the settings it was built from: tasks and pool processes read them
     from here, never from the environment."""
 

@@ -20,7 +20,7 @@ def register_tasks(app: ImgbatchCelery) -> None:
     """Add the classify task to `app`, and create each pool process's resources after fork."""
     settings = app.settings
 
-    @app.task(
+    @app.task(  # type: ignore[untyped-decorator]  # celery ships no type hints
         name=TASK_CLASSIFY,
         soft_time_limit=settings.task_soft_time_limit_s,
         time_limit=settings.task_time_limit_s,
