@@ -53,6 +53,11 @@ except ImportError:  # pragma: no cover - both are declared dependencies
 # Pillow's own bomb check only raises at 2x its limit and warns below; we refuse explicitly
 # before any pixel is decoded, with a reason that lands in the result row.
 DEFAULT_MAX_PIXELS = 80_000_000
+# The resize scales the shorter side to the model's size and keeps the aspect ratio, so its output
+# grows with the ratio: a 138-byte 20000x1 PNG became a 5120000x256 image (seconds and gigabytes in
+# Pillow's C resize, which no alarm interrupts). No camera or panorama reaches 32:1; at that ratio
+# the resized image is at most 32 x resize^2 pixels (2.1 M at 256), bounded by the model, not the file.
+MAX_ASPECT_RATIO = 32
 
 
 Decoder = Literal["exact", "fast"]
@@ -175,6 +180,7 @@ def decode_image(
             raise ImageDecodeError(
                 f"too many pixels: {img.width}x{img.height} exceeds the limit of {max_pixels}"
             )
+        check_aspect_ratio(img.width, img.height)
         if img.format == "JPEG" and draft_short is not None:
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is much larger than needed:
             # most of the decode cost of multi-megapixel photos disappears, and the result is still
@@ -191,6 +197,16 @@ def decode_image(
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"not a decodable image: {exc}") from exc
+
+
+def check_aspect_ratio(width: int, height: int) -> None:
+    """Refuse, from the header alone, an image whose resize would cost more than the model needs."""
+    short, long = sorted((width, height))
+    if short < 1 or long > MAX_ASPECT_RATIO * short:
+        raise ImageDecodeError(
+            f"extreme aspect ratio: {width}x{height} is over {MAX_ASPECT_RATIO}:1 "
+            "(resizing it for the model would cost far more than the image holds)"
+        )
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -346,6 +362,8 @@ def _plain_jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int, int] | N
         return None
     if colorspace not in ("YCbCr", "RGB") or width * height > max_pixels or min(width, height) < 1:
         return None
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        return None  # Pillow's path gives the reason
     orientation = exif_orientation(data)
     if orientation is None:
         return None

@@ -226,3 +226,50 @@ def _cat_bytes() -> bytes:
     buffer = io.BytesIO()
     load_photo("cat").save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
+
+
+def _declared_png(path: Path, width: int, height: int) -> None:
+    """A PNG whose header declares width x height, with a few bytes of pixel data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def _extreme_corpus(directory: Path) -> dict[str, str]:
+    """Each format Pillow writes, at extreme dimensions (each format's own maximum where it has one),
+    and the reason its row must give."""
+    expect: dict[str, str] = {}
+    sizes = {"png": 200_000, "gif": 65_535, "tiff": 200_000, "webp": 16_383, "jpg": 65_500, "bmp": 200_000}
+    for ext, long in sizes.items():
+        for width, height in ((long, 1), (1, long)):
+            name = f"{width}x{height}.{ext}"
+            Image.new("L" if ext != "webp" else "RGB", (width, height), 128).save(directory / name)
+            expect[name] = "extreme aspect ratio"
+    _declared_png(directory / "65535x65535-declared.png", 65_535, 65_535)
+    expect["65535x65535-declared.png"] = "too many pixels"
+    _declared_png(directory / "40000x2-declared.png", 40_000, 2)
+    expect["40000x2-declared.png"] = "extreme aspect ratio"
+    return expect
+
+
+@pytest.mark.parametrize("decode", ["exact", "fast"])
+def test_extreme_dimensions_cost_what_the_model_needs(tmp_path: Path, decode: str) -> None:
+    """A W x 1 image used to be resized to (256*W) x 256 before the crop: seconds and gigabytes from a
+    few hundred bytes. Each file of the corpus is refused from its header, on both decoders."""
+    from imgbatch.core.preprocess import ImageDecodeError, PreprocessSpec, load_tensor
+
+    expect = _extreme_corpus(tmp_path)
+    before_rss = peak_rss_mb(os.getpid())
+    for name, reason in expect.items():
+        cpu = time.process_time()
+        with pytest.raises(ImageDecodeError, match=reason):
+            load_tensor(tmp_path / name, PreprocessSpec(), decode=decode)  # type: ignore[arg-type]
+        spent = time.process_time() - cpu
+        assert spent < 1.0, f"{name}: {spent:.2f} s of CPU"
+    assert peak_rss_mb(os.getpid()) - before_rss < 300
