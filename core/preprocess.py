@@ -30,6 +30,7 @@ import functools
 import io
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -173,7 +174,7 @@ def decode_image(
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"too many pixels: {exc}") from exc
     except OSError as exc:
-        raise ImageDecodeError(f"not a decodable image: {exc}") from exc
+        raise ImageDecodeError(f"not a decodable image: {_pillow_reason(exc)}") from exc
     try:
         pixels = img.width * img.height
         if pixels > max_pixels:
@@ -196,7 +197,16 @@ def decode_image(
     except ImageDecodeError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(f"not a decodable image: {exc}") from exc
+        raise ImageDecodeError(f"not a decodable image: {_pillow_reason(exc)}") from exc
+
+
+# Pillow names the in-memory buffer it was given ("cannot identify image file <_io.BytesIO object at
+# 0x7f...>"): an address, not a reason.
+_BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>")
+
+
+def _pillow_reason(exc: BaseException) -> str:
+    return _BUFFER_REPR.sub("", str(exc)).strip() or type(exc).__name__
 
 
 def check_aspect_ratio(width: int, height: int) -> None:

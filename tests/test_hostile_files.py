@@ -111,6 +111,12 @@ def _make_files(job_dir: Path, outside: Path) -> dict[str, tuple[str, Any]]:
     expect["fifo.jpg"] = ("error", "not a regular file")
     (job_dir / "dangling.jpg").symlink_to(job_dir / "no-such-target.jpg")
     expect["dangling.jpg"] = ("error", "broken symbolic link")
+    # Dangling towards outside: its target is not there, which is what the user can fix.
+    (job_dir / "dangling-out.jpg").symlink_to(outside / "gone-too.jpg")
+    expect["dangling-out.jpg"] = ("error", "broken symbolic link")
+    # 138 bytes that used to cost 17 s and gigabytes in the resize.
+    Image.new("RGB", (20_000, 1)).save(job_dir / "strip.png")
+    expect["strip.png"] = ("error", "extreme aspect ratio")
     return expect
 
 

@@ -113,7 +113,7 @@ class Batch:
             return
         todo = self._after_leftovers(todo)
         paths = [open_path(p) for _, p in todo]
-        reasons = {p: "outside the job's directories" for p in paths if not _inside_job(p, job.roots)}
+        reasons = {p: _refusal(p) for p in paths if not _inside_job(p, job.roots)}
         sizes = {open_path(p): size for p, size in self.sizes.items()}
         preds = classifier.classify(
             paths, reasons, self._guard(todo), stop_on=(SoftTimeLimitExceeded,), sizes=sizes
@@ -349,6 +349,14 @@ def _inside_job(path: str, roots: list[bytes]) -> bool:
     if is_url(path):
         return inside_prefixes(path, [os.fsdecode(r) for r in roots if is_url(r)])
     return inside_roots(path, [r for r in roots if not is_url(r)])
+
+
+def _refusal(path: str) -> str:
+    """Why a path outside the job is not read. A dangling link resolves to a target that is not there:
+    that, not the target's place, is what the user can fix."""
+    if not is_url(path) and os.path.islink(path) and not os.path.exists(path):
+        return "broken symbolic link"
+    return "outside the job's directories"
 
 
 def _pid_exists(pid: int) -> bool:
