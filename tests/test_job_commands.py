@@ -37,6 +37,9 @@ def test_retry_cancel_delete(
     assert job_state(counter, cancelled) == "cancelled"
     again = run_cli(["cancel", cancelled[:8]], env)
     assert again.returncode == 2 and "nothing to cancel" in again.stderr
+    resumed = run_cli(["resume", cancelled[:8]], env)
+    assert resumed.returncode == 2 and "is cancelled" in resumed.stderr, resumed.stderr
+    assert job_state(counter, cancelled) == "cancelled"
     start_worker(env, concurrency=1)
 
     # retry: two empty files fail; one is fixed, `retry --reason` re-runs that kind of error only.

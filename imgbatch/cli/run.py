@@ -189,6 +189,7 @@ def resume(job: JobArg = "latest", wait: WaitFlag = False) -> None:
     from imgbatch.cli.console import engine
     from imgbatch.core.services import check_redis
     from imgbatch.db.engine import session_factory
+    from imgbatch.db.models import JobState
     from imgbatch.db.reads import find_job, job_counts
 
     config = settings()
@@ -199,6 +200,11 @@ def resume(job: JobArg = "latest", wait: WaitFlag = False) -> None:
         found = find_job(s, job)
         job_id, state = found.id, found.state
         finished = job_counts(s, job_id).finished
+    if state == JobState.CANCELLED:
+        # Cancelled is for good (see `cancel`): saying "sent again" and leaving it cancelled misled.
+        raise UserError(
+            f"job {job_id} is cancelled: nothing is sent again; submit its directories with --new"
+        )
     _ledger(config, broker_url).reset_cursor(job_id)
     err_console.print(f"job {job_id}: {state}; pending images will be sent again", markup=False)
     if wait:
