@@ -37,6 +37,9 @@ return 0
 """
 
 
+CURSOR_TTL_S = 24 * 3600
+
+
 @dataclass
 class Entry:
     """One batch on its way: sent at `sent_at`, or waiting (sent_at 0) to be sent at `not_before`."""
@@ -140,7 +143,10 @@ class Ledger:
         pipe.execute()
 
     def set_cursor(self, job_id: str, cursor: int) -> None:
-        self.client.set(self.key("cursor", job_id), cursor)
+        # Renewed with every batch sent. A job finished by a pool process is no longer active, so no
+        # dispatcher forgets its keys: the cursor must not stay in Redis forever. Losing it early is
+        # safe (a new sweep), and a day is far longer than any pause between two sends of a job.
+        self.client.set(self.key("cursor", job_id), cursor, ex=CURSOR_TTL_S)
 
     def drop(self, job_id: str, batch_id: str) -> None:
         self.client.hdel(self.key("ledger", job_id), batch_id)
