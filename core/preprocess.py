@@ -490,6 +490,10 @@ def exif_orientation(data: bytes) -> int | None:
     Reads only the marker segments before the image data: no pixel is decoded. Pillow takes the first
     EXIF segment's tag and, only when that is absent, an XMP ``tiff:Orientation``; an XMP packet that
     names an orientation is left to Pillow (None).
+
+    Why not Pillow's own reading (``Image.open(...).getexif()``): on 300 imagenet-dev photos it cost
+    83.6 us a photo against 3.8 us here (same answer on 300/300), about 2 % of an exact decode, which
+    is most of the pipeline's overhead budget (measured 2026-12-07, machine shared with a test run).
     """
     pos, end = 2, len(data)
     orientation: int | None = 0  # 0: no EXIF orientation tag (yet)
