@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import kombu.exceptions
 import redis
@@ -244,14 +245,11 @@ class Dispatcher(threading.Thread):
         the job's cursor only once its message is out."""
         self.ledger.record_sent(job_id, entry)
         try:
-            self.app.send_task(
-                TASK_CLASSIFY,
-                kwargs={
-                    "job_id": job_id,
-                    "items": entry.items,
-                    "enqueued_at": time.time(),
-                    "batch_id": entry.batch_id,
-                },
+            # Through the registered task, not `send_task` by name: Celery checks the arguments
+            # against the task function's signature, so a renamed parameter fails here (and in
+            # tests/test_task_message.py), not in the pool process that receives it.
+            self.app.tasks[TASK_CLASSIFY].apply_async(
+                kwargs=classify_kwargs(job_id, entry),
                 serializer="json",
                 queue=self.settings.queue_name,
                 retry=False,  # an outage is the next tick's business
@@ -262,6 +260,11 @@ class Dispatcher(threading.Thread):
             raise
         if cursor is not None:
             self.ledger.set_cursor(job_id, cursor)
+
+
+def classify_kwargs(job_id: str, entry: Entry) -> dict[str, Any]:
+    """The classify task's arguments for one batch, as the dispatcher sends them."""
+    return {"job_id": job_id, "items": entry.items, "enqueued_at": time.time(), "batch_id": entry.batch_id}
 
 
 _running: list[Dispatcher] = []
