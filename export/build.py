@@ -25,7 +25,7 @@ import onnx
 
 from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import open_session
-from imgbatch.core.runtimes import planned_runtime
+from imgbatch.core.runtime_choice import planned_runtime
 from imgbatch.core.samples import write_photos
 from imgbatch.export.auto import AutoSearch, SearchPhotos, search
 from imgbatch.export.evalset import (

@@ -16,15 +16,11 @@ from conftest import assert_one_line_error, imgbatch_env, run_cli
 from imgbatch.core.errors import ModelFileError
 from imgbatch.core.modelfile import read_model_bytes
 from imgbatch.core.preprocess import load_reference_tensor
+from imgbatch.core.runtime_choice import CACHE_NAME, MIN_GAIN, choice_key, open_runtime, write_cache
 from imgbatch.core.runtimes import (
-    CACHE_NAME,
-    MIN_GAIN,
-    choice_key,
     open_onnxruntime,
     open_openvino,
-    open_runtime,
     openvino_version,
-    write_cache,
 )
 
 # A sys.meta_path finder that makes `import openvino` fail, as on a machine without the wheel.
@@ -118,7 +114,8 @@ def test_auto_falls_back_to_onnxruntime_without_openvino(model_path: Path, tmp_p
         "import logging; logging.basicConfig(level=logging.INFO)\n"
         "from pathlib import Path\n"
         "from imgbatch.core.errors import ModelFileError\n"
-        "from imgbatch.core.runtimes import open_runtime, require_runtime\n"
+        "from imgbatch.core.runtime_choice import open_runtime\n"
+        "from imgbatch.core.runtimes import require_runtime\n"
         f"print(open_runtime(Path({str(model_path)!r}), 1, 'auto', Path({str(tmp_path)!r})).name)\n"
         "try:\n"
         f"    open_runtime(Path({str(model_path)!r}), 1, 'openvino')\n"

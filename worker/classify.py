@@ -21,7 +21,8 @@ import numpy as np
 
 from imgbatch.core.files import DEFAULT_MAX_FILE_BYTES, TransientFileError
 from imgbatch.core.preprocess import DEFAULT_MAX_PIXELS, Decoder, ImageDecodeError, decode_tensor
-from imgbatch.core.runtimes import ModelRunner, RuntimeChoice, open_runtime
+from imgbatch.core.runtime_choice import open_runtime
+from imgbatch.core.runtimes import ModelRunner, RuntimeChoice
 from imgbatch.core.stores import read_image
 
 TOP_K = 5
@@ -109,7 +110,7 @@ class Classifier:
         runtime: RuntimeChoice = "onnxruntime",
         cache_dir: Path | None = None,
     ) -> Classifier:
-        """``runtime`` and ``cache_dir``: as ``imgbatch.core.runtimes.open_runtime`` takes them (workers
+        """``runtime`` and ``cache_dir``: as ``imgbatch.core.runtime_choice.open_runtime`` takes them (workers
         pass their settings'; the default is the reference runtime, which needs no measurement)."""
         runner = open_runtime(model_path, intra_op_threads, runtime, cache_dir)
         return cls(runner, max_pixels, max_bytes=max_bytes, timeout_s=timeout_s, decode=decode)

@@ -13,7 +13,7 @@ from celery.signals import worker_ready, worker_shutdown
 from imgbatch.core.cpus import usable_cpus
 from imgbatch.core.errors import ModelFileError, UserError
 from imgbatch.core.modelfile import read_model_info
-from imgbatch.core.runtimes import check_model_in_child, planned_runtime
+from imgbatch.core.runtime_choice import check_model_in_child, planned_runtime
 from imgbatch.core.services import check_redis
 from imgbatch.core.settings import Settings
 from imgbatch.db.engine import engine_for, ensure_schema

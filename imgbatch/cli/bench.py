@@ -164,7 +164,7 @@ def bench_command(
 def _runtimes(text: str, model_path: Path, threads: int) -> tuple[str, ...]:
     """The runtimes of --runtimes, in order and without repeats; ``auto`` as workers would resolve it
     here (measured once and cached)."""
-    from imgbatch.core.runtimes import planned_runtime
+    from imgbatch.core.runtime_choice import planned_runtime
 
     names = [v.strip() for v in text.split(",") if v.strip()]
     if not names:
