@@ -1,6 +1,8 @@
 """The database stage: typed SQLAlchemy 2 models, engines, migrations, and every read and write.
 
-`db.reads` holds every query (typed results; a missing job raises `db.reads.NotFound`), `db.writes`
-every change. Knows nothing of Celery, onnxruntime or the command line. Functions take a Session and
-never commit: the caller owns the transaction.
+The reads are split by what they answer, each returning typed results: `jobs` (finding a job; a
+missing one raises `jobs.NotFound`), `images` (the dispatcher's batches), `results` (filtered rows,
+pages, export columns), `stats` (labels, errors, latencies, throughput), `compare` (two jobs).
+`writes` holds every change. Knows nothing of Celery, onnxruntime or the command line. Functions take
+a Session and never commit: the caller owns the transaction.
 """

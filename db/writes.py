@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 
 from imgbatch.core.errors import UserError
 from imgbatch.core.names import encode_path
+from imgbatch.db.images import error_image_ids
+from imgbatch.db.jobs import has_pending
 from imgbatch.db.models import ACTIVE_STATES, Image, ImageStatus, Job, JobState, Result, utcnow
-from imgbatch.db.reads import error_image_ids, has_pending
 
 # SQLite allows 32766 bound parameters per statement; stay well under it for multi-row inserts.
 _INSERT_CHUNK = 2000

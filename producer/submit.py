@@ -19,8 +19,8 @@ from imgbatch.core.errors import UserError
 from imgbatch.core.modelfile import read_model_info
 from imgbatch.core.services import check_redis
 from imgbatch.db.engine import ensure_schema, session_factory
+from imgbatch.db.jobs import find_unfinished_job, job_counts, job_state
 from imgbatch.db.models import JobState
-from imgbatch.db.reads import find_unfinished_job, job_counts, job_state
 from imgbatch.db.writes import count_images, create_job, delete_job_chunk, insert_images, mark_scanned
 from imgbatch.producer.scan import listing, resolve_sources
 

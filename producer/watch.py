@@ -15,8 +15,8 @@ from sqlalchemy.exc import OperationalError
 from imgbatch.core.settings import Settings
 from imgbatch.core.urls import redact_url
 from imgbatch.db.engine import session_factory
+from imgbatch.db.jobs import job_counts, job_state
 from imgbatch.db.models import JobState
-from imgbatch.db.reads import job_counts, job_state
 from imgbatch.worker.ledger import Ledger
 
 log = logging.getLogger(__name__)

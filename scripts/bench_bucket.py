@@ -27,7 +27,7 @@ from pathlib import Path
 
 from imgbatch.core.samples import make_variants
 from imgbatch.db.engine import make_engine, session_factory
-from imgbatch.db.reads import find_job, job_summary
+from imgbatch.db.jobs import find_job, job_summary
 from imgbatch.producer.local_redis import local_redis
 from imgbatch.producer.scan import IMAGE_EXTENSIONS
 

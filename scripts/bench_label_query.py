@@ -1,7 +1,7 @@
 """Benchmark: `imgbatch results JOB --label X` on a job with 1,000,000 stored results (PostgreSQL).
 
 Creates a throwaway database, migrates it, generates the rows server-side, then times the very
-query path the CLI uses (db.reads.iter_results with a label filter, all matching rows fetched),
+query path the CLI uses (db.results.iter_results with a label filter, all matching rows fetched),
 with the label index and, as the baseline in the same run, without it. Prints figures; asserts none.
 
     .venv/bin/python scripts/bench_label_query.py [--rows 1000000] [--labels 1000]
@@ -18,7 +18,7 @@ import psycopg
 from sqlalchemy import text
 
 from imgbatch.db.engine import ensure_schema, make_engine, session_factory
-from imgbatch.db.reads import ResultFilter, iter_results
+from imgbatch.db.results import ResultFilter, iter_results
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 INSERT_JOB = (

@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from imgbatch.db.engine import ensure_schema, make_engine, session_factory
+from imgbatch.db.images import iter_image_batches
+from imgbatch.db.jobs import NotFound, find_job, job_counts
 from imgbatch.db.models import Image, JobState, Result
-from imgbatch.db.reads import NotFound, find_job, iter_image_batches, job_counts
 from imgbatch.db.writes import add_images, create_job, finish_job_if_complete, mark_scanned, save_results
 
 

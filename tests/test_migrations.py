@@ -13,9 +13,9 @@ from sqlalchemy import inspect, select, text
 
 from conftest import imgbatch_env, run_cli
 from imgbatch.db.engine import make_engine, session_factory
+from imgbatch.db.jobs import find_job, job_counts
 from imgbatch.db.migrate import current, head, upgrade
 from imgbatch.db.models import Base, Image, ImageStatus, JobState
-from imgbatch.db.reads import find_job, job_counts
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -33,7 +33,8 @@ def test_migrations_match_the_models(db_url: str) -> None:
 
 def test_concurrent_upgrades_of_one_fresh_database(db_url: str) -> None:
     code = (
-        f"from db.engine import make_engine; from db.migrate import upgrade; upgrade(make_engine({db_url!r}))"
+        f"from imgbatch.db.engine import make_engine; from imgbatch.db.migrate import upgrade; "
+        f"upgrade(make_engine({db_url!r}))"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)

@@ -22,8 +22,9 @@ def test_worker_and_producer_import_and_classify_without_torch(model_path: Path,
     code = (
         BLOCKER
         + f"""
-import worker.tasks, worker.main, worker.batch, producer.submit, producer.embedded, producer.scan
-import db.reads, db.writes, imgbatch.cli.app
+import imgbatch.worker.tasks, imgbatch.worker.main, imgbatch.worker.batch
+import imgbatch.producer.submit, imgbatch.producer.embedded, imgbatch.producer.scan
+import imgbatch.db.jobs, imgbatch.db.writes, imgbatch.cli.app
 from imgbatch.worker.classify import Classifier
 clf = Classifier.load({str(model_path)!r}, 1)
 pred = clf.classify([{str(photo_dir / "cat.jpg")!r}])[0]

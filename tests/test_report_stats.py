@@ -1,4 +1,5 @@
-"""db.reads on SQLite and PostgreSQL, on rows written through db.writes like the workers write them."""
+"""db.stats, db.jobs and db.compare on SQLite and PostgreSQL, on rows written through db.writes like the
+workers write them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from imgbatch.db import reads as stats
+from imgbatch.db import stats
+from imgbatch.db.compare import changed_label_count, changed_labels, common_image_count
 from imgbatch.db.engine import ensure_schema, make_engine, session_factory
+from imgbatch.db.jobs import job_summary
 from imgbatch.db.models import Result
 from imgbatch.db.writes import add_images, create_job, save_results
 
@@ -88,7 +91,7 @@ def test_stats_aggregate_a_job(db_url: str) -> None:
             session.execute(update(Result).where(Result.image_id == ids[name]).values(created_at=t0))
 
     with session_factory(engine)() as session:
-        s = stats.job_summary(session, "j1")
+        s = job_summary(session, "j1")
         assert (s.total, s.ok, s.error, s.pending, s.results) == (8, 5, 2, 1, 7)
         assert s.result_model_sha256s == ["a" * 64]
         assert {(w.worker, w.images) for w in s.workers} == {("h:1", 4), ("h:2", 3)}
@@ -145,15 +148,15 @@ def test_changed_labels_match_images_by_path(db_url: str) -> None:
             ],
         )
     with session_factory(engine)() as session:
-        changes = stats.changed_labels(session, "ja", "jb")
+        changes = changed_labels(session, "ja", "jb")
         assert [(Path(c.path).name, c.label_a, c.label_b, c.status_b) for c in changes] == [
             ("broke.jpg", "dog", None, "error"),
             ("moved.jpg", "cat", "tiger cat", "ok"),
         ]
         assert changes[1].score_a == pytest.approx(0.6) and changes[1].score_b == pytest.approx(0.55)
-        assert stats.changed_label_count(session, "ja", "jb") == 2
-        assert stats.common_image_count(session, "ja", "jb") == 3
-        assert len(stats.changed_labels(session, "ja", "jb", limit=1)) == 1
+        assert changed_label_count(session, "ja", "jb") == 2
+        assert common_image_count(session, "ja", "jb") == 3
+        assert len(changed_labels(session, "ja", "jb", limit=1)) == 1
         assert stats.throughput_by_worker(session, "nope").buckets == 0
     engine.dispose()
 

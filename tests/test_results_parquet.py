@@ -28,7 +28,7 @@ import pytest
 
 from conftest import assert_one_line_error, imgbatch_env, run_cli
 from imgbatch.db.engine import ensure_schema, make_engine, session_factory
-from imgbatch.db.reads import iter_image_batches
+from imgbatch.db.images import iter_image_batches
 from imgbatch.db.writes import add_images, create_job, mark_scanned, save_results
 
 LABELS = ["tabby", "espresso", "missile", "moped", "daisy", "ice cream"]

@@ -23,8 +23,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from imgbatch.core.files import inside_roots
 from imgbatch.core.names import decode_path, open_path, shown
 from imgbatch.core.stores import inside_prefixes, is_url
+from imgbatch.db.images import job_images
+from imgbatch.db.jobs import job_source
 from imgbatch.db.models import ImageStatus
-from imgbatch.db.reads import job_images, job_source
 from imgbatch.db.writes import finish_job_if_complete, save_results, set_persist_ms
 from imgbatch.worker.classify import Classifier, Prediction
 from imgbatch.worker.ledger import Entry, Marker, marker_text

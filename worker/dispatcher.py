@@ -31,7 +31,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from imgbatch.db.engine import engine_for, session_factory
-from imgbatch.db.reads import ActiveJob, active_jobs, has_pending, next_image_batch
+from imgbatch.db.images import next_image_batch
+from imgbatch.db.jobs import ActiveJob, active_jobs, has_pending
 from imgbatch.db.writes import finish_job_if_complete
 from imgbatch.worker.app import TASK_CLASSIFY, ImgbatchCelery
 from imgbatch.worker.ledger import Entry, InFlight, Ledger

@@ -24,8 +24,9 @@ from imgbatch.bench.plan import PipelineCase
 from imgbatch.core.errors import UserError
 from imgbatch.core.settings import Settings
 from imgbatch.db.engine import ensure_schema, make_engine, session_factory
+from imgbatch.db.jobs import job_summary
 from imgbatch.db.models import ImageStatus
-from imgbatch.db.reads import job_summary, result_count
+from imgbatch.db.results import result_count
 
 READY_TIMEOUT_S = 120
 WARMUP_IMAGES_PER_PROCESS = 16
@@ -151,7 +152,7 @@ def job_run(
     decode: str = "exact",
     runtime: str = "onnxruntime",
 ) -> PipelineRun:
-    from imgbatch.db.reads import stage_samples
+    from imgbatch.db.stats import stage_samples
     from imgbatch.worker.classify import INFER_BATCH
 
     with session_factory(engine)() as session:
@@ -179,7 +180,7 @@ def job_run(
 
 
 def stage_table(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    from imgbatch.db.reads import percentile
+    from imgbatch.db.stats import percentile
 
     # The mean, besides the quantiles: decode times are skewed (a 12 MP JPEG costs 20x a web one),
     # and CPU time per image, which bounds images/s, is a mean.

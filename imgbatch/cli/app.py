@@ -86,7 +86,7 @@ def main() -> None:
     from sqlalchemy.exc import OperationalError as DatabaseError
 
     from imgbatch.core.names import shown
-    from imgbatch.db.reads import NotFound
+    from imgbatch.db.jobs import NotFound
 
     command = typer.main.get_command(app)
     try:

@@ -20,8 +20,9 @@ from imgbatch.core.names import shown
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from imgbatch.db.jobs import JobSummary
     from imgbatch.db.models import Job
-    from imgbatch.db.reads import JobSummary, ResultFilter
+    from imgbatch.db.results import ResultFilter
 
 
 class Format(StrEnum):
@@ -48,7 +49,7 @@ def status(
 
     Example: imgbatch status latest --watch
     """
-    from imgbatch.db.reads import find_job, job_summary
+    from imgbatch.db.jobs import find_job, job_summary
 
     with session() as s:
         job_id = find_job(s, job).id
@@ -64,7 +65,7 @@ def status(
 
 
 def _watch(s: Session, job_id: str, poll_s: float = 0.5) -> None:
-    from imgbatch.db.reads import job_counts
+    from imgbatch.db.jobs import job_counts
 
     with progress_bar() as bar:
         task = bar.add_task(f"job {job_id[:8]}", total=None)
@@ -89,7 +90,7 @@ def jobs(
 
     Example: imgbatch jobs -n 5
     """
-    from imgbatch.db.reads import list_jobs
+    from imgbatch.db.jobs import list_jobs
 
     with session() as s:
         summaries = list_jobs(s, limit)
@@ -193,8 +194,9 @@ def results(
     Example: imgbatch results latest -o s3://bucket/results/latest.parquet
     """
     from imgbatch.core.outputs import STDOUT, check_writable
+    from imgbatch.db.jobs import find_job
     from imgbatch.db.models import ImageStatus
-    from imgbatch.db.reads import ResultFilter, find_job
+    from imgbatch.db.results import ResultFilter
 
     target = output if output is not None and output != STDOUT else None
     if fmt is None:
@@ -298,7 +300,7 @@ def _model_labels(s: Session, job: Job) -> list[str]:
 
     from imgbatch.core.errors import ModelFileError
     from imgbatch.core.modelfile import read_model_info
-    from imgbatch.db.reads import label_histogram
+    from imgbatch.db.stats import label_histogram
 
     try:
         return read_model_info(Path(job.model_path)).labels
@@ -314,7 +316,7 @@ def stats(job: JobArg = "latest", as_json: JsonFlag = False) -> None:
     Example: imgbatch stats latest --json
     """
     from imgbatch.cli.stats_out import job_stats, print_stats
-    from imgbatch.db.reads import find_job
+    from imgbatch.db.jobs import find_job
 
     with session() as s:
         data = job_stats(s, find_job(s, job).id)
@@ -340,7 +342,8 @@ def compare(
 
     Example: imgbatch compare 3f2a 9c41 -n 20
     """
-    from imgbatch.db.reads import changed_label_count, changed_labels, common_image_count, find_job
+    from imgbatch.db.compare import changed_label_count, changed_labels, common_image_count
+    from imgbatch.db.jobs import find_job
 
     with session() as s:
         a, b = find_job(s, job_a).id, find_job(s, job_b).id

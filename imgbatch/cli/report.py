@@ -42,7 +42,7 @@ def report(
 
     Example: imgbatch report latest -o report.html --compare 3f2a
     """
-    from imgbatch.db.reads import find_job
+    from imgbatch.db.jobs import find_job
     from imgbatch.report.build import ReportOptions, build_report, check_writable, write_report
 
     if output is not None:

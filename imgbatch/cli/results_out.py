@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from imgbatch.cli.console import console
 from imgbatch.core.names import shown
 from imgbatch.db.models import ImageStatus
-from imgbatch.db.reads import ResultFilter, iter_results
+from imgbatch.db.results import ResultFilter, iter_results
 
 FIELDS = [
     "path",

@@ -1,6 +1,6 @@
 """`imgbatch results --format parquet`: a job's rows as one Parquet file with typed columns.
 
-The rows come from keyset pages of the database (db.reads.result_pages, plain columns, no ORM
+The rows come from keyset pages of the database (db.results.result_pages, plain columns, no ORM
 objects); each page becomes an Arrow record batch, and every ROW_GROUP_SIZE rows of them are written
 as one row group by pyarrow's ParquetWriter: memory holds one page of Python rows and at most one
 row group of Arrow columns, however many rows the job has. docs/cli.md documents the schema.
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
 from imgbatch.db.models import ImageStatus
-from imgbatch.db.reads import EXPORT_COLUMNS, ResultFilter, result_pages
+from imgbatch.db.results import EXPORT_COLUMNS, ResultFilter, result_pages
 
 # Rows per database page: the Python objects held at once (a few KB a row with its parsed top-5).
 PAGE_ROWS = 5_000
@@ -54,7 +54,7 @@ SCHEMA = pa.schema(
     metadata={"imgbatch": "results of one job; path as stored (imgbatch.core.names encoding)"},
 )
 
-# The names of a page's columns: db.reads.result_pages yields (image id, path, image state, *columns).
+# The names of a page's columns: db.results.result_pages yields (image id, path, image state, *columns).
 _PAGE_COLUMNS = ("image_id", "path", "state", *(column.key for column in EXPORT_COLUMNS))
 
 

@@ -189,8 +189,8 @@ def resume(job: JobArg = "latest", wait: WaitFlag = False) -> None:
     from imgbatch.cli.console import engine
     from imgbatch.core.services import check_redis
     from imgbatch.db.engine import session_factory
+    from imgbatch.db.jobs import find_job, job_counts
     from imgbatch.db.models import JobState
-    from imgbatch.db.reads import find_job, job_counts
 
     config = settings()
     broker_url = _require_redis(config, "resume")
@@ -269,8 +269,9 @@ def retry(
     """
     from imgbatch.cli.console import engine
     from imgbatch.db.engine import session_factory
+    from imgbatch.db.images import error_image_ids
+    from imgbatch.db.jobs import find_job, job_counts
     from imgbatch.db.models import JobState
-    from imgbatch.db.reads import error_image_ids, find_job, job_counts
     from imgbatch.db.writes import retry_chunk
 
     config = settings()
@@ -305,7 +306,7 @@ def retry(
 
 def _cancel(config: Settings, job: str) -> tuple[str, bool]:
     """(job id, whether it was cancelled now): its pending images are no longer sent."""
-    from imgbatch.db.reads import find_job
+    from imgbatch.db.jobs import find_job
     from imgbatch.db.writes import cancel_job
 
     made = sessions(config)
@@ -409,7 +410,8 @@ def samples(
 def print_summary(job_id: str, seconds: float, since_finished: int = 0, show_rows: bool = True) -> None:
     """The job's counts and top labels; the rate is of the images finished in these `seconds`."""
     from imgbatch.cli.results_out import print_table, result_dicts
-    from imgbatch.db.reads import find_job, job_counts, label_histogram
+    from imgbatch.db.jobs import find_job, job_counts
+    from imgbatch.db.stats import label_histogram
 
     with session() as s:
         counts = job_counts(s, job_id)

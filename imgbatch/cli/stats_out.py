@@ -11,11 +11,11 @@ from rich.text import Text
 from sqlalchemy.orm import Session
 
 from imgbatch.core.names import shown
+from imgbatch.db.jobs import job_summary
 from imgbatch.db.models import ImageStatus
-from imgbatch.db.reads import (
+from imgbatch.db.stats import (
     STAGES,
     error_groups,
-    job_summary,
     label_histogram,
     percentile,
     stage_samples,

@@ -1,4 +1,5 @@
-"""Gather a job's aggregates from db.reads, make thumbnails and charts, render one HTML file."""
+"""Gather a job's aggregates (db.stats, db.jobs, db.compare), make thumbnails and charts, render one HTML
+file."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from sqlalchemy.orm import Session
 from imgbatch.core import outputs
 from imgbatch.core.errors import UserError
 from imgbatch.core.names import decode_path, shown
-from imgbatch.db import reads as stats
+from imgbatch.db import stats
+from imgbatch.db.compare import changed_label_count, changed_labels, common_image_count
+from imgbatch.db.jobs import JobSummary, job_summary
 from imgbatch.report import charts
 from imgbatch.report.template import REPORT_TEMPLATE
 from imgbatch.report.thumbs import THUMB_SIDE, make_thumbs
@@ -61,7 +64,7 @@ def build_report(
     Raises UserError when the job has no results yet.
     """
     opts = options or ReportOptions()
-    summary = stats.job_summary(session, job_id)
+    summary = job_summary(session, job_id)
     if summary.results == 0:
         raise UserError(
             f"job {job_id} has no results yet ({summary.pending} images pending): "
@@ -112,15 +115,15 @@ def _gallery(
 def _comparison(session: Session, job_id: str, other: str, opts: ReportOptions) -> dict[str, Any]:
     return {
         "job_id": other,
-        "changes": stats.changed_labels(session, job_id, other, limit=opts.changes),
-        "count": stats.changed_label_count(session, job_id, other),
-        "common": stats.common_image_count(session, job_id, other),
+        "changes": changed_labels(session, job_id, other, limit=opts.changes),
+        "count": changed_label_count(session, job_id, other),
+        "common": common_image_count(session, job_id, other),
     }
 
 
 def _charts(
     session: Session,
-    summary: stats.JobSummary,
+    summary: JobSummary,
     labels: list[stats.LabelCount],
     stage_samples: dict[str, list[float]],
     opts: ReportOptions,

@@ -11,7 +11,7 @@ from typing import Any
 import matplotlib
 from matplotlib.figure import Figure
 
-from imgbatch.db.reads import Throughput, percentile
+from imgbatch.db.stats import Throughput, percentile
 
 STAGE_TITLES = {
     "queue_ms": "queue wait",
