@@ -12,7 +12,7 @@ from rich.text import Text
 from imgbatch.cli.console import console, err_console, progress_bar, session, sessions, settings
 from imgbatch.cli.params import BatchOpt, DecodeOpt, JobArg, ModelOpt, NewFlag, RuntimeOpt, WaitFlag
 from imgbatch.core.errors import UserError
-from imgbatch.core.names import shown
+from imgbatch.core.names import plural, shown
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -221,19 +221,33 @@ def cancel(job: JobArg) -> None:
     print(job_id)
 
 
-def delete(job: JobArg) -> None:
+def delete(
+    job: JobArg,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete a job that has results without asking for this flag.")
+    ] = False,
+) -> None:
     """Delete a job with its images and results.
 
     Rows go a chunk per transaction, so other jobs' workers are never held up; the job's keys in
-    Redis go too. A running job is cancelled first.
+    Redis go too. A running job is cancelled first. From a terminal, a job that has results is
+    only deleted with --yes.
 
-    Example: imgbatch delete 3f2a
+    Example: imgbatch delete 3f2a --yes
     """
+    import sys
+
+    from imgbatch.db.reads import find_job, job_counts
     from imgbatch.db.writes import delete_job_chunk
 
     config = settings()
     made = sessions(config)
-    job_id, _ = _cancel(config, job)
+    with made() as s:
+        found = find_job(s, job).id
+        finished = job_counts(s, found).finished
+    if finished and not yes and sys.stdin.isatty():
+        raise UserError(f"job {found} has {finished} {plural(finished, 'result')}: pass --yes to delete it")
+    job_id, _ = _cancel(config, found)
     deleted = 0
     while True:
         with made.begin() as s:
