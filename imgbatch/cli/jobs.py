@@ -183,6 +183,12 @@ def results(
     row_group_size: Annotated[
         int | None, typer.Option(min=1, hidden=True, help="Parquet rows per row group.")
     ] = None,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", help="CSV: write control characters in names, labels and errors as is (unescaped)."
+        ),
+    ] = False,
 ) -> None:
     """Print every image of a job with its result.
 
@@ -214,7 +220,7 @@ def results(
         if fmt == Format.parquet:
             _results_parquet(s, found.id, filters, limit, str(target), row_group_size)
         else:
-            _results_text(s, found.id, filters, limit, fmt, target)
+            _results_text(s, found.id, filters, limit, fmt, target, raw)
 
 
 def _format_of(target: str | None) -> Format:
@@ -224,8 +230,16 @@ def _format_of(target: str | None) -> Format:
 
 
 def _results_text(
-    s: Session, job_id: str, filters: ResultFilter, limit: int | None, fmt: Format, target: str | None
+    s: Session,
+    job_id: str,
+    filters: ResultFilter,
+    limit: int | None,
+    fmt: Format,
+    target: str | None,
+    raw: bool = False,
 ) -> None:
+    from functools import partial
+
     from imgbatch.cli.results_out import print_table, result_dicts, write_csv, write_json, write_jsonl
     from imgbatch.core.outputs import STDOUT, open_text_output
 
@@ -233,7 +247,7 @@ def _results_text(
     if fmt == Format.table:
         print_table(rows)
         return
-    writers = {Format.csv: write_csv, Format.json: write_json, Format.jsonl: write_jsonl}
+    writers = {Format.csv: partial(write_csv, raw=raw), Format.json: write_json, Format.jsonl: write_jsonl}
     start, counted = time.monotonic(), _Counted(rows)
     with open_text_output(target or STDOUT, "results") as out:
         writers[fmt](counted, out)
