@@ -15,7 +15,7 @@ from rich.text import Text
 from imgbatch.cli.console import console, progress_bar, session
 from imgbatch.cli.params import JobArg, JsonFlag
 from imgbatch.core.errors import UserError
-from imgbatch.core.names import shown
+from imgbatch.core.names import counted, shown
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -195,6 +195,7 @@ def results(
     Label, score, error and stage timings, in image order, streamed (constant memory). Parquet
     (typed columns, top-5 as a list column; schema in docs/cli.md) goes to a file: -o FILE.
 
+    \b
     Example: imgbatch results latest --label "tiger cat" --format csv
     Example: imgbatch results latest -o s3://bucket/results/latest.parquet
     """
@@ -375,7 +376,9 @@ def compare(
         summary = {"job_a": a, "job_b": b, "common": common, "changed": changed, "agreement": agreement}
         print(json.dumps({**summary, "changes": changes}, indent=2))
         return
-    console.print(f"{common} images in both jobs; top-1 agreement {agreement:.2%} ({changed} changed)")
+    console.print(
+        f"{counted(common, 'image')} in both jobs; top-1 agreement {agreement:.2%} ({changed} changed)"
+    )
     if listed:
         table = Table(title=f"changed ({len(listed)} of {changed} shown)")
         for name in ("path", f"{a[:8]} label", "score", f"{b[:8]} label", "score"):
