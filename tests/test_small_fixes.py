@@ -7,7 +7,7 @@ from pathlib import Path
 
 from test_querying import _fill
 
-from conftest import imgbatch_env, run_cli
+from conftest import assert_one_line_error, imgbatch_env, run_cli
 
 
 def test_counts_of_one_are_singular(tmp_path: Path) -> None:
@@ -40,3 +40,20 @@ def test_help_examples_each_on_their_own_line(tmp_path: Path) -> None:
     assert "Example: imgbatch run ~/photos" in top, top
     db = run_cli(["db", "-h"], env).stdout
     assert "Example: imgbatch db upgrade" in db, db
+
+
+def test_model_path_that_is_a_directory_is_named_so(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "x.jpg").write_bytes(b"not really")
+    env = imgbatch_env(tmp_path, IMGBATCH_MODEL=str(tmp_path))
+    assert_one_line_error(run_cli(["run", str(photos)], env), "is a directory")
+
+
+def test_output_symlink_is_named_so(tmp_path: Path) -> None:
+    (tmp_path / "real.csv").write_text("")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "real.csv")
+    env = imgbatch_env(tmp_path, IMGBATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
+    proc = run_cli(["results", "latest", "-o", str(tmp_path / "link.csv")], env)
+    assert_one_line_error(proc, "is a symlink")
+    assert (tmp_path / "real.csv").read_text() == ""
