@@ -18,6 +18,9 @@ from imgbatch.core.errors import UserError
 from imgbatch.core.names import counted, shown
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import IO
+
     from sqlalchemy.orm import Session
 
     from imgbatch.db.models import Job
@@ -248,7 +251,11 @@ def _results_text(
     if fmt == Format.table:
         print_table(rows)
         return
-    writers = {Format.csv: partial(write_csv, raw=raw), Format.json: write_json, Format.jsonl: write_jsonl}
+    writers: dict[Format, Callable[[Iterable[dict[str, Any]], IO[str]], None]] = {
+        Format.csv: partial(write_csv, raw=raw),
+        Format.json: write_json,
+        Format.jsonl: write_jsonl,
+    }
     start, counted = time.monotonic(), _Counted(rows)
     with open_text_output(target or STDOUT, "results") as out:
         writers[fmt](counted, out)
