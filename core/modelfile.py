@@ -158,6 +158,10 @@ def read_model_bytes(path: Path) -> bytes:
     """The model file's bytes, read once: a runtime is made from exactly the bytes that are hashed
     (no swap in between). Errors are ModelFileError."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(
+            f"model path {path} is a directory, not an ONNX file (set IMGBATCH_MODEL to a file)"
+        )
     if not path.is_file():
         raise ModelFileError(
             f"model file not found: {path} (build it with `imgbatch export`, or set IMGBATCH_MODEL)"

@@ -60,3 +60,13 @@ def shown(text: object, keep_newlines: bool = False) -> str:
     if keep_newlines:
         return "\n".join(_CONTROL.sub(_escape, line) for line in value.split("\n"))
     return _CONTROL.sub(_escape, value)
+
+
+def plural(n: int, word: str) -> str:
+    """``word`` for one, ``word + "s"`` otherwise: "1 image", "2 images"."""
+    return word if n == 1 else f"{word}s"
+
+
+def counted(n: int, word: str) -> str:
+    """``n`` and ``word`` agreeing: "1 image", "0 images"."""
+    return f"{n} {plural(n, word)}"

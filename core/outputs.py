@@ -67,7 +67,10 @@ def check_writable(target: str | Path, what: str) -> None:
     except OSError as exc:
         raise UserError(f"cannot write {what} to {output}: {exc.strerror or exc}") from exc
     if mode is not None and not stat.S_ISREG(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        if stat.S_ISLNK(mode):
+            kind = "a symlink (not a regular file; write to its target instead)"
+        else:
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
         raise UserError(f"refusing to write {what} to {output}: it is {kind}")
     parent = output.parent
     if not parent.is_dir():

@@ -28,17 +28,29 @@ def as_utc(value: datetime) -> datetime:
 
 
 # ---------------------------------------------------------------------------- jobs
+MIN_PREFIX = 4
+
+
 def find_job(session: Session, job_ref: str) -> Job:
-    """A job by id, unique id prefix, or ``latest``; NotFound if there is none."""
+    """A job by id, unique id prefix (MIN_PREFIX+ characters), or ``latest``; NotFound if none."""
     if job_ref == "latest":
         job = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(1)).first()
         if job is None:
             raise NotFound("no jobs yet: submit one with `imgbatch run DIR` or `imgbatch submit DIR`")
         return job
+    if not job_ref.strip():
+        raise NotFound(
+            "no job id given: pass a job id, a unique prefix of at least 4 characters, or `latest`"
+        )
     job = session.get(Job, job_ref)
     if job is not None:
         return job
-    matches = session.scalars(select(Job).where(Job.id.like(f"{job_ref}%")).limit(2)).all()
+    if len(job_ref) < MIN_PREFIX:
+        raise NotFound(
+            f"job id prefix {job_ref!r} is too short: give at least {MIN_PREFIX} characters, "
+            "the full id, or `latest`"
+        )
+    matches = session.scalars(select(Job).where(Job.id.startswith(job_ref, autoescape=True)).limit(2)).all()
     if len(matches) == 1:
         return matches[0]
     raise NotFound(f"no job {job_ref!r}" if not matches else f"job id prefix {job_ref!r} is ambiguous")

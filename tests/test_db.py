@@ -91,9 +91,15 @@ def test_job_lookup_by_latest_prefix_and_unknown(sessions) -> None:  # type: ign
             find_job(s, "latest")
         create_job(s, "abc123", ["/x"], "/m.onnx", "a" * 64, 2)
         assert find_job(s, "latest").id == "abc123"
-        assert find_job(s, "abc").id == "abc123"
+        assert find_job(s, "abc1").id == "abc123"
+        with pytest.raises(NotFound, match="too short"):
+            find_job(s, "abc")
+        with pytest.raises(NotFound, match="no job id given"):
+            find_job(s, "")
         with pytest.raises(NotFound, match="no job"):
-            find_job(s, "zzz")
+            find_job(s, "zzzz")
+        with pytest.raises(NotFound, match="no job"):
+            find_job(s, "ab_%")  # LIKE wildcards are plain characters in a prefix
 
 
 def test_the_last_two_batches_committed_at_once_finish_the_job(sessions, db_url: str) -> None:  # type: ignore[no-untyped-def]

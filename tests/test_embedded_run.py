@@ -47,7 +47,7 @@ def test_run_on_a_directory_gives_one_row_per_image(tmp_path: Path, model_path: 
     env = imgbatch_env(tmp_path, IMGBATCH_MODEL=str(model_path))
     proc = run_cli(["run", str(photos), "--workers", "2", "--batch-size", "8"], env)
     assert proc.returncode == 0, proc.stderr
-    assert "121 images, 120 ok, 1 errors" in " ".join(proc.stdout.split())
+    assert "121 images, 120 ok, 1 error" in " ".join(proc.stdout.split())
     status = run_cli(["status"], env)
     assert "state=done" in status.stdout and "pending=0" in status.stdout
 

@@ -17,7 +17,8 @@ from imgbatch.cli.schema_cmd import db_app
 from imgbatch.core.errors import UserError
 
 app = typer.Typer(
-    help="Batch image classification with a quantized ONNX model on Celery workers; results in SQL.",
+    help="Batch image classification with a quantized ONNX model on Celery workers; results in SQL."
+    "\n\nExample: imgbatch run ~/photos",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

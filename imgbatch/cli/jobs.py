@@ -15,9 +15,12 @@ from rich.text import Text
 from imgbatch.cli.console import console, progress_bar, session
 from imgbatch.cli.params import JobArg, JsonFlag
 from imgbatch.core.errors import UserError
-from imgbatch.core.names import shown
+from imgbatch.core.names import counted, shown
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import IO
+
     from sqlalchemy.orm import Session
 
     from imgbatch.db.jobs import JobSummary
@@ -184,12 +187,19 @@ def results(
     row_group_size: Annotated[
         int | None, typer.Option(min=1, hidden=True, help="Parquet rows per row group.")
     ] = None,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", help="CSV: write control characters in names, labels and errors as is (unescaped)."
+        ),
+    ] = False,
 ) -> None:
     """Print every image of a job with its result.
 
     Label, score, error and stage timings, in image order, streamed (constant memory). Parquet
     (typed columns, top-5 as a list column; schema in docs/cli.md) goes to a file: -o FILE.
 
+    \b
     Example: imgbatch results latest --label "tiger cat" --format csv
     Example: imgbatch results latest -o s3://bucket/results/latest.parquet
     """
@@ -216,7 +226,7 @@ def results(
         if fmt == Format.parquet:
             _results_parquet(s, found.id, filters, limit, str(target), row_group_size)
         else:
-            _results_text(s, found.id, filters, limit, fmt, target)
+            _results_text(s, found.id, filters, limit, fmt, target, raw)
 
 
 def _format_of(target: str | None) -> Format:
@@ -226,8 +236,16 @@ def _format_of(target: str | None) -> Format:
 
 
 def _results_text(
-    s: Session, job_id: str, filters: ResultFilter, limit: int | None, fmt: Format, target: str | None
+    s: Session,
+    job_id: str,
+    filters: ResultFilter,
+    limit: int | None,
+    fmt: Format,
+    target: str | None,
+    raw: bool = False,
 ) -> None:
+    from functools import partial
+
     from imgbatch.cli.results_out import print_table, result_dicts, write_csv, write_json, write_jsonl
     from imgbatch.core.outputs import STDOUT, open_text_output
 
@@ -235,7 +253,11 @@ def _results_text(
     if fmt == Format.table:
         print_table(rows)
         return
-    writers = {Format.csv: write_csv, Format.json: write_json, Format.jsonl: write_jsonl}
+    writers: dict[Format, Callable[[Iterable[dict[str, Any]], IO[str]], None]] = {
+        Format.csv: partial(write_csv, raw=raw),
+        Format.json: write_json,
+        Format.jsonl: write_jsonl,
+    }
     start, counted = time.monotonic(), _Counted(rows)
     with open_text_output(target or STDOUT, "results") as out:
         writers[fmt](counted, out)
@@ -364,7 +386,9 @@ def compare(
         summary = {"job_a": a, "job_b": b, "common": common, "changed": changed, "agreement": agreement}
         print(json.dumps({**summary, "changes": changes}, indent=2))
         return
-    console.print(f"{common} images in both jobs; top-1 agreement {agreement:.2%} ({changed} changed)")
+    console.print(
+        f"{counted(common, 'image')} in both jobs; top-1 agreement {agreement:.2%} ({changed} changed)"
+    )
     if listed:
         table = Table(title=f"changed ({len(listed)} of {changed} shown)")
         for name in ("path", f"{a[:8]} label", "score", f"{b[:8]} label", "score"):

@@ -10,7 +10,9 @@ import typer
 # Every command: -h as well as --help, and help text wrapped to the terminal, not by us.
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-JobArg = Annotated[str, typer.Argument(metavar="JOB", help="Job id, unique id prefix, or `latest`.")]
+JobArg = Annotated[
+    str, typer.Argument(metavar="JOB", help="Job id, unique id prefix (4+ characters), or `latest`.")
+]
 ModelOpt = Annotated[
     Path | None,
     typer.Option(

@@ -62,11 +62,19 @@ def result_dicts(
         }
 
 
-def write_csv(rows: Iterable[dict[str, Any]], out: IO[str] = sys.stdout) -> None:
+_TEXT_FIELDS = ("path", "label", "error", "worker", "runtime")
+
+
+def write_csv(rows: Iterable[dict[str, Any]], out: IO[str] = sys.stdout, raw: bool = False) -> None:
+    """CSV rows; control characters in text fields escaped as the table shows them (``\\x1b``,
+    ``\\t``, ``\\n``) unless `raw`, so a file name can neither split a row nor reach a terminal."""
     writer = csv.DictWriter(out, fieldnames=FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "top5": json.dumps(row["top5"]) if row["top5"] is not None else ""})
+        line = {**row, "top5": json.dumps(row["top5"]) if row["top5"] is not None else ""}
+        if not raw:
+            line.update({f: shown(row[f]) for f in _TEXT_FIELDS if row.get(f) is not None})
+        writer.writerow(line)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str] = sys.stdout) -> None:

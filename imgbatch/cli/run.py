@@ -12,9 +12,10 @@ from rich.text import Text
 from imgbatch.cli.console import console, err_console, progress_bar, session, sessions, settings
 from imgbatch.cli.params import BatchOpt, DecodeOpt, JobArg, ModelOpt, NewFlag, RuntimeOpt, WaitFlag
 from imgbatch.core.errors import UserError
-from imgbatch.core.names import shown
+from imgbatch.core.names import counted, plural, shown
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
     from sqlalchemy import Engine
 
     from imgbatch.core.settings import Settings
@@ -75,6 +76,7 @@ def run(
             )
         bar.update(task, total=sub.images, completed=sub.finished, description=f"job {sub.job_id[:8]}")
         bar.start()
+        started["bar"] = 1
 
     def on_progress(finished: int, total: int) -> None:
         bar.update(task, completed=finished, total=total)
@@ -96,12 +98,19 @@ def run(
         )
     except KeyboardInterrupt:
         starting.stop()
-        bar.stop()
+        _stop(bar, started)
         raise _interrupted() from None
     finally:
         starting.stop()
-        bar.stop()
+        _stop(bar, started)
     print_summary(outcome.submitted.job_id, outcome.seconds, since_finished=started.get("finished", 0))
+
+
+def _stop(bar: Progress, started: dict[str, int]) -> None:
+    """Stop the bar if it was started: off a terminal, Rich's stop prints a line even for a bar that
+    never was, which came out as an empty line before an error."""
+    if started.pop("bar", 0):
+        bar.stop()
 
 
 def _interrupted() -> typer.Exit:
@@ -173,7 +182,7 @@ def submit(
         scan_chunk=config.scan_chunk,
     )
     verb = "resuming unfinished job" if submitted.resumed else "recorded job"
-    err_console.print(f"{verb} {submitted.job_id} with {submitted.images} images", markup=False)
+    err_console.print(f"{verb} {submitted.job_id} with {counted(submitted.images, 'image')}", markup=False)
     if wait:
         _watch(config, engine, broker_url, submitted.job_id, submitted.finished)
     print(submitted.job_id)
@@ -227,19 +236,33 @@ def cancel(job: JobArg) -> None:
     print(job_id)
 
 
-def delete(job: JobArg) -> None:
+def delete(
+    job: JobArg,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete a job that has results without asking for this flag.")
+    ] = False,
+) -> None:
     """Delete a job with its images and results.
 
     Rows go a chunk per transaction, so other jobs' workers are never held up; the job's keys in
-    Redis go too. A running job is cancelled first.
+    Redis go too. A running job is cancelled first. From a terminal, a job that has results is
+    only deleted with --yes.
 
-    Example: imgbatch delete 3f2a
+    Example: imgbatch delete 3f2a --yes
     """
+    import sys
+
+    from imgbatch.db.jobs import find_job, job_counts
     from imgbatch.db.writes import delete_job_chunk
 
     config = settings()
     made = sessions(config)
-    job_id, _ = _cancel(config, job)
+    with made() as s:
+        found = find_job(s, job).id
+        finished = job_counts(s, found).finished
+    if finished and not yes and sys.stdin.isatty():
+        raise UserError(f"job {found} has {finished} {plural(finished, 'result')}: pass --yes to delete it")
+    job_id, _ = _cancel(config, found)
     deleted = 0
     while True:
         with made.begin() as s:
@@ -249,7 +272,7 @@ def delete(job: JobArg) -> None:
         deleted += n
     if config.redis_url:
         _forget(config, config.redis_url, job_id)
-    err_console.print(f"deleted job {job_id} and its {deleted} images", markup=False)
+    err_console.print(f"deleted job {job_id} and its {counted(deleted, 'image')}", markup=False)
 
 
 def retry(
@@ -298,7 +321,7 @@ def retry(
     ledger = _ledger(config, broker_url)
     ledger.reset_counts(job_id)
     ledger.reset_cursor(job_id)
-    err_console.print(f"job {job_id}: {retried} images pending again", markup=False)
+    err_console.print(f"job {job_id}: {counted(retried, 'image')} pending again", markup=False)
     if wait:
         _watch(config, migrated, broker_url, job_id, finished)
     print(job_id)
@@ -423,7 +446,8 @@ def print_summary(job_id: str, seconds: float, since_finished: int = 0, show_row
     rate = classified / seconds if seconds > 0 else 0.0
     resumed = f" ({classified} in this run)" if since_finished else ""
     console.print(
-        f"job {job_id}: {counts.total} images, {counts.ok} ok, {counts.error} errors{resumed}, "
+        f"job {job_id}: {counted(counts.total, 'image')}, {counts.ok} ok, "
+        f"{counted(counts.error, 'error')}{resumed}, "
         f"{seconds:.1f} s, {rate:.1f} images/s",
         markup=False,
         highlight=False,

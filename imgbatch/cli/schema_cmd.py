@@ -8,7 +8,7 @@ from imgbatch.cli.console import console, settings
 from imgbatch.cli.params import CONTEXT
 
 db_app = typer.Typer(
-    help="Database schema: migrations with Alembic.",
+    help="Database schema: migrations with Alembic.\n\nExample: imgbatch db upgrade",
     no_args_is_help=True,
     rich_markup_mode=None,
     context_settings=CONTEXT,

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.orm import Session
 
-from imgbatch.core.names import shown
+from imgbatch.core.names import counted, shown
 from imgbatch.db.jobs import job_summary
 from imgbatch.db.models import ImageStatus
 from imgbatch.db.stats import (
@@ -64,8 +64,8 @@ def print_stats(console: Console, data: dict[str, Any]) -> None:
     rate = data["images_per_second"]
     speed = f", {rate:.1f} images/s" if rate else ""
     console.print(
-        f"job {data['job_id']} ({data['state']}): {data['images']} images, {data['ok']} ok, "
-        f"{data['error']} errors, {data['pending']} pending; {data['seconds']:.1f} s{speed}",
+        f"job {data['job_id']} ({data['state']}): {counted(data['images'], 'image')}, {data['ok']} ok, "
+        f"{counted(data['error'], 'error')}, {data['pending']} pending; {data['seconds']:.1f} s{speed}",
         markup=False,
     )
     stages = Table(title="per-image latency by stage (ms, ok images)")
