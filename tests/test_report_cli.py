@@ -175,8 +175,8 @@ def test_unknown_job(env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_unknown_compare_job(small_job: Path, env: dict[str, str], tmp_path: Path) -> None:
-    proc = run_cli(["report", "job1", "--compare", "zzz", "-o", str(tmp_path / "r.html")], env)
-    assert_one_line_error(proc, "no job 'zzz'")
+    proc = run_cli(["report", "job1", "--compare", "zzzz", "-o", str(tmp_path / "r.html")], env)
+    assert_one_line_error(proc, "no job 'zzzz'")
 
 
 def test_job_without_results(env: dict[str, str], tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from test_querying import _fill
@@ -22,9 +21,9 @@ def test_counts_of_one_are_singular(tmp_path: Path) -> None:
     assert "deleted job job_one and its 1 image" in deleted.stderr and "1 images" not in deleted.stderr
 
 
-def test_run_error_has_no_empty_line_before_it(tmp_path: Path) -> None:
+def test_run_error_has_no_empty_line_before_it(tmp_path: Path, model_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    env = imgbatch_env(tmp_path, IMGBATCH_MODEL=os.environ.get("IMGBATCH_TEST_MODEL", "/m.onnx"))
+    env = imgbatch_env(tmp_path, IMGBATCH_MODEL=str(model_path))
     proc = run_cli(["run", str(tmp_path / "empty")], env)
     assert proc.returncode == 2
     assert proc.stderr.startswith("imgbatch: error: no images found"), repr(proc.stderr)
