@@ -56,15 +56,21 @@ class TransientFileError(Exception):
     """The file could not be read because of its environment; try again later (maybe elsewhere)."""
 
 
+BROKEN_LINK = "broken symbolic link"
+
+
+def is_broken_link(path: str | os.PathLike[str]) -> bool:
+    """A symbolic link whose target is not there (what `open` reports as file not found)."""
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode) and not os.path.exists(path)
+    except OSError:
+        return False
+
+
 def file_error(exc: OSError, path: str | os.PathLike[str]) -> Exception:
     """The image's verdict for an OSError met while opening or reading `path`."""
     if isinstance(exc, FileNotFoundError):
-        try:
-            if stat.S_ISLNK(os.lstat(path).st_mode):
-                return ImageDecodeError("broken symbolic link")
-        except OSError:
-            pass
-        return ImageDecodeError("file not found")
+        return ImageDecodeError(BROKEN_LINK if is_broken_link(path) else "file not found")
     if isinstance(exc, PermissionError):
         return ImageDecodeError("permission denied")
     name = errno.errorcode.get(exc.errno or 0, "error")

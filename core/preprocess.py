@@ -209,10 +209,15 @@ def _pillow_reason(exc: BaseException) -> str:
     return _BUFFER_REPR.sub("", str(exc)).strip() or type(exc).__name__
 
 
+def extreme_aspect(width: int, height: int) -> bool:
+    """Whether resizing this image for the model would cost more than the model needs."""
+    short, long = sorted((width, height))
+    return short < 1 or long > MAX_ASPECT_RATIO * short
+
+
 def check_aspect_ratio(width: int, height: int) -> None:
     """Refuse, from the header alone, an image whose resize would cost more than the model needs."""
-    short, long = sorted((width, height))
-    if short < 1 or long > MAX_ASPECT_RATIO * short:
+    if extreme_aspect(width, height):
         raise ImageDecodeError(
             f"extreme aspect ratio: {width}x{height} is over {MAX_ASPECT_RATIO}:1 "
             "(resizing it for the model would cost far more than the image holds)"
@@ -372,7 +377,7 @@ def _plain_jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int, int] | N
         return None
     if colorspace not in ("YCbCr", "RGB") or width * height > max_pixels or min(width, height) < 1:
         return None
-    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+    if extreme_aspect(width, height):
         return None  # Pillow's path gives the reason
     orientation = exif_orientation(data)
     if orientation is None:

@@ -145,11 +145,16 @@ def imgbatch_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 
 def run_cli(
-    args: list[str], env: dict[str, str], timeout: float = 300, cwd: Path | None = None
+    args: list[str],
+    env: dict[str, str],
+    timeout: float = 300,
+    cwd: Path | None = None,
+    stdin: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imgbatch", *args],
         env=env,
+        stdin=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

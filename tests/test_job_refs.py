@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pty
 import subprocess
-import sys
 from pathlib import Path
 
 from test_querying import _fill
@@ -39,14 +38,7 @@ def test_empty_short_and_ambiguous_refs_are_refused(tmp_path: Path) -> None:
 def _at_terminal(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     primary, replica = pty.openpty()
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "imgbatch", *args],
-            env=env,
-            stdin=replica,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_cli(args, env, timeout=120, stdin=replica)
     finally:
         os.close(primary)
         os.close(replica)

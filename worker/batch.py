@@ -20,7 +20,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from imgbatch.core.files import inside_roots
+from imgbatch.core.files import BROKEN_LINK, inside_roots, is_broken_link
 from imgbatch.core.names import decode_path, open_path, shown
 from imgbatch.core.stores import inside_prefixes, is_url
 from imgbatch.db.images import job_images
@@ -355,8 +355,8 @@ def _inside_job(path: str, roots: list[bytes]) -> bool:
 def _refusal(path: str) -> str:
     """Why a path outside the job is not read. A dangling link resolves to a target that is not there:
     that, not the target's place, is what the user can fix."""
-    if not is_url(path) and os.path.islink(path) and not os.path.exists(path):
-        return "broken symbolic link"
+    if not is_url(path) and is_broken_link(path):
+        return BROKEN_LINK
     return "outside the job's directories"
 
 

@@ -76,7 +76,6 @@ def run(
             )
         bar.update(task, total=sub.images, completed=sub.finished, description=f"job {sub.job_id[:8]}")
         bar.start()
-        started["bar"] = 1
 
     def on_progress(finished: int, total: int) -> None:
         bar.update(task, completed=finished, total=total)
@@ -98,18 +97,18 @@ def run(
         )
     except KeyboardInterrupt:
         starting.stop()
-        _stop(bar, started)
+        _stop(bar)
         raise _interrupted() from None
     finally:
         starting.stop()
-        _stop(bar, started)
+        _stop(bar)
     print_summary(outcome.submitted.job_id, outcome.seconds, since_finished=started.get("finished", 0))
 
 
-def _stop(bar: Progress, started: dict[str, int]) -> None:
+def _stop(bar: Progress) -> None:
     """Stop the bar if it was started: off a terminal, Rich's stop prints a line even for a bar that
     never was, which came out as an empty line before an error."""
-    if started.pop("bar", 0):
+    if bar.live.is_started:
         bar.stop()
 
 
